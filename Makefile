@@ -1,0 +1,49 @@
+# qlora-lab: two commands do everything on a fresh machine.
+#   make book   build the HTML course (creates .venv on first use)
+#   make test   the whole test suite (unit tests, notebooks via nbval, labs, book in a browser)
+#   make lab    JupyterLab on the course
+# GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu128 test   (see README)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU wheel by default: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_TORCH_OPTS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv book test lab labs-release labs-grade bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_TORCH_OPTS) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html
+	@echo "Book built: open $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+labs-release: $(STAMP)
+	cd labs && ../$(VENV)/bin/nbgrader generate_assignment --all --force
+
+labs-grade: $(STAMP)
+	$(PY) -m qlora_lab.grading grade labs
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_quant.py
+
+clean:
+	rm -rf _build .pytest_cache
