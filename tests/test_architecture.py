@@ -1,0 +1,35 @@
+"""Classifying models by their modules."""
+
+import pytest
+from torch import nn
+
+from qlora_lab.architecture import CNN, MLP, OTHER, TRANSFORMER, classify_architecture, module_census, small_cnn, small_mlp
+from qlora_lab.flops import resnet50
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2))
+
+
+@pytest.mark.parametrize(
+    "build, kind",
+    [
+        (tiny_llama, TRANSFORMER),
+        (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=True), 2), TRANSFORMER),
+        (resnet50, CNN),
+        (small_cnn, CNN),
+        (small_mlp, MLP),
+        (lambda: nn.Sequential(nn.ReLU()), OTHER),
+    ],
+    ids=["llama", "torch-encoder", "resnet50", "small-cnn", "mlp", "no-weights"],
+)
+def test_classify(build, kind):
+    assert classify_architecture(build()).kind == kind
+
+
+def test_census_counts_layers():
+    census = module_census(small_mlp())
+    assert census["Linear"] == 2 and census["ReLU"] == 1

@@ -1,0 +1,95 @@
+"""FLOP formulas against FlopCounterMode counts, and the timed matmul."""
+
+import pytest
+import torch
+
+from qlora_lab import flops
+
+
+def tiny_llama(n_layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=4 * hidden,
+                                        num_hidden_layers=n_layers, num_attention_heads=heads,
+                                        num_key_value_heads=kv_heads))
+
+
+@pytest.mark.parametrize("seq_len", [16, 64])
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_forward_count_equals_exact_formula(seq_len, kv_heads):
+    model = tiny_llama(kv_heads=kv_heads)
+    measured = flops.decoder_forward_flops(model, seq_len)
+    cfg = model.config
+    expected = flops.exact_decoder_forward_flops(flops.matmul_params(model), cfg.num_hidden_layers, cfg.hidden_size, seq_len)
+    assert measured == pytest.approx(expected, rel=1e-9)  # only matmuls are counted: exact
+
+
+@pytest.mark.parametrize("seq_len", [16, 64])
+def test_training_count_is_palm_6n_plus_12lhqt(seq_len):
+    model = tiny_llama()
+    cfg = model.config
+    n = flops.matmul_params(model)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    measured = flops.decoder_training_flops(model, seq_len)
+    per_token = flops.training_flops_per_token(n, cfg.num_hidden_layers, cfg.num_attention_heads, head_dim, seq_len)
+    assert measured == pytest.approx(per_token * seq_len, rel=1e-9)
+
+
+def test_kaplan_attention_term_is_the_causal_half():
+    # Kaplan's 2·L·T·d per token is half the 4·L·T·d that a full T×T attention computes.
+    n, layers, ctx, d = 1e6, 4, 128, 64
+    full = flops.exact_decoder_forward_flops(n, layers, d, ctx) / ctx
+    kaplan = flops.forward_flops_per_token(n, layers, ctx, d)
+    assert full - 2 * n == pytest.approx(2 * (kaplan - 2 * n))
+
+
+def test_lora_training_is_about_4n():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(hidden=128), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    base = model.get_base_model()
+    n = flops.matmul_params(base)
+    seq_len = 8  # short: the attention term stays negligible next to N
+    measured = flops.decoder_training_flops(base, seq_len) / seq_len
+    # 4N minus the input gradient of the first layer's projections, plus tiny adapters: within 15 %.
+    assert measured == pytest.approx(flops.lora_training_flops_per_token(n), rel=0.15)
+    assert measured < 0.75 * flops.training_flops_per_token(n)
+
+
+def test_gpt3_is_350_gflops_per_token():
+    result = flops.gpt3_flops_per_token()
+    assert result["n_params"] == pytest.approx(175e9, rel=0.01)
+    assert result["measured_flops"] == pytest.approx(2 * flops.GPT3_N_PARAMS, rel=0.01)
+    assert result["measured_flops"] == pytest.approx(result["formula_2n"], rel=1e-3)
+
+
+def test_resnet50_is_4_1_gmacs():
+    result = flops.resnet50_flops()
+    assert result["n_params"] == pytest.approx(25.56e6, rel=0.001)  # torchvision's resnet50: 25,557,032
+    assert result["macs"] / 1e9 == pytest.approx(flops.RESNET50_REFERENCE_GMACS, rel=0.01)
+    assert result["flops"] == 2 * result["macs"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_time_matmul_reports_a_rate(dtype):
+    timing = flops.time_matmul(64, dtype=dtype, device="cpu", repeats=3)
+    assert timing.flops == 2 * 64**3
+    assert timing.seconds > 0 and timing.flop_per_s == pytest.approx(timing.flops / timing.seconds)
+
+
+def test_matvec_has_lower_arithmetic_intensity_than_matmul():
+    decode = flops.time_matmul(1, 256, 256, device="cpu", repeats=1)
+    prefill = flops.time_matmul(256, 256, 256, device="cpu", repeats=1)
+    assert decode.arithmetic_intensity < 1 < 40 < prefill.arithmetic_intensity
+
+
+@pytest.mark.parametrize("bad", [dict(m=0), dict(m=4, repeats=0)])
+def test_time_matmul_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError):
+        flops.time_matmul(**bad, device="cpu")
+
+
+@pytest.mark.parametrize("value, text", [(2e9, "2 GFLOPs"), (3.5e14, "350 TFLOPs"), (12, "12 FLOPs")])
+def test_human(value, text):
+    assert flops.human(value) == text
