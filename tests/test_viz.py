@@ -1,0 +1,69 @@
+"""Figures: the axes, labels and series the notebooks' prose refers to."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from qlora_lab import viz
+from qlora_lab.formats import format_table
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_format_ranges_one_bar_per_format():
+    table = format_table()
+    ax = viz.plot_format_ranges(table).axes[0]
+    assert len(ax.patches) == len(table)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f.name for f in table]
+    fp16_bar = ax.patches[1]  # from log10(6.1e-5) to log10(65504)
+    assert fp16_bar.get_x() == pytest.approx(np.log10(6.103515625e-05))
+    assert fp16_bar.get_x() + fp16_bar.get_width() == pytest.approx(np.log10(65504))
+
+
+def test_images_one_panel_per_picture():
+    pics = {f"{b} bits": np.random.rand(8, 8, 3) for b in (32, 8, 4)}
+    fig = viz.plot_images(pics)
+    assert [ax.get_title() for ax in fig.axes] == list(pics)
+
+
+def test_error_vs_bits_log_scale_and_legend():
+    ax = viz.plot_error_vs_bits([2, 4, 8], {"a": [1e-1, 1e-2, 1e-4], "b": [1e-2, 1e-3, 1e-5]}).axes[0]
+    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 2
+    assert ax.get_xlabel() == "nombre de bits"
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_bars_heights_and_labels(log):
+    ax = viz.plot_bars({"x": 1.0, "y": 3.0}, "valeur", "titre", log=log).axes[0]
+    assert [p.get_height() for p in ax.patches] == [1.0, 3.0]
+    assert ax.get_ylabel() == "valeur" and ax.get_yscale() == ("log" if log else "linear")
+
+
+def test_grouped_bars_counts():
+    groups = {"7B": {"a": 1, "b": 2, "c": 3}, "13B": {"a": 2, "b": 4, "c": 6}}
+    ax = viz.plot_grouped_bars(groups, "Go", "mémoire").axes[0]
+    assert len(ax.patches) == 6
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["7B", "13B"]
+
+
+def test_levels_on_histogram_draws_every_level():
+    levels = {"INT4": np.linspace(-1, 1, 15), "autre": np.linspace(-1, 1, 16)}
+    fig = viz.plot_levels_on_histogram(np.random.randn(1000) * 0.3, levels)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].get_lines()) == 15 and len(fig.axes[1].get_lines()) == 16
+
+
+def test_staircase_and_training_curves():
+    x = np.linspace(-1, 1, 50)
+    ax = viz.plot_quantization_staircase(x, {"2 bits": np.round(x)}).axes[0]
+    assert len(ax.get_lines()) == 2
+    ax = viz.plot_training_curves({"QAT": [1.0, 0.5, 0.3]}).axes[0]
+    assert list(ax.get_lines()[0].get_ydata()) == [1.0, 0.5, 0.3]
