@@ -1,0 +1,70 @@
+"""nbgrader configuration of the qlora-lab course (run nbgrader from this folder).
+
+Instructor workflow (see book/labs.md):
+    make labs-release   # source/ -> release/ (student versions, no solution, no hidden test)
+    make labs-grade     # submitted/ -> autograded/ -> feedback/ (HTML) + grades.csv
+
+nbgrader silently ignores this whole file when it raises: keep it to plain assignments
+and imports that nbgrader itself needs (tests/test_labs.py loads it and checks the keys).
+"""
+
+import os
+
+import nbgrader
+
+c = get_config()  # noqa: F821  (injected by traitlets' PyFileConfigLoader)
+
+# ---------------------------------------------------------------------- course layout
+c.CourseDirectory.course_id = "qlora-lab"
+# The labs are the folders of source/ (source/<lab>/<lab>.ipynb); generate_assignment
+# registers each one in the SQLite gradebook (gradebook.db, next to this file).
+
+# ------------------------------------------------------------------- student version
+# French stubs in the released notebooks (replacing ### BEGIN/END SOLUTION regions).
+c.ClearSolutions.code_stub = {"python": "# VOTRE CODE ICI\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "VOTRE RÉPONSE ICI"
+
+# -------------------------------------------------------------------- autograding
+# Every cell gets at most CELL_TIMEOUT_S seconds: an infinite loop is interrupted
+# (CellTimeoutError in the cell, 0 on its tests) and grading goes on with the next cell.
+# The fine-tuning cell of lab 04 trains for ~30 s on a 2-core CPU, so it gets more.
+CELL_TIMEOUT_S = 30
+LONG_CELL_TIMEOUTS_S = {"q4_entrainement": 240}
+
+c.ExecutePreprocessor.timeout = CELL_TIMEOUT_S
+c.Execute.timeout = CELL_TIMEOUT_S
+
+
+def cell_timeout(cell):
+    """Per-cell limit for nbclient: the default, or the longer one of a named cell."""
+    grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+    return LONG_CELL_TIMEOUTS_S.get(grade_id, CELL_TIMEOUT_S)
+
+
+c.Execute.timeout_func = cell_timeout
+# A kernel that does not answer an interrupt is restarted rather than waited for.
+c.Execute.interrupt_on_timeout = True
+
+# -------------------------------------------------------------------------- feedback
+# Hidden tests are removed from the feedback's test cells (their tracebacks are cut to
+# the error message): nbgrader's autograde restores them, and would otherwise show them.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "qlora_lab.grading.HideHiddenTests",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+
+# Math offline. nbgrader's feedback template calls nbconvert's `mathjax()` macro without
+# an argument, so HTMLExporter.mathjax_url alone would leave the CDN address in the page:
+# templates/feedback/mathjax.html.j2, first on the template path, gives that macro a
+# local default, MathJax 2.7 from the pip package jupyter-server-mathjax, which
+# `qlora_lab.grading` copies to feedback/mathjax/ (two levels above each
+# feedback/<student>/<lab>/<lab>.html). nbgrader's own templates come next.
+LABS_DIR = os.path.dirname(os.path.abspath(__file__))
+NBGRADER_TEMPLATES = os.path.join(os.path.dirname(nbgrader.__file__), "server_extensions", "formgrader", "templates")
+c.HTMLExporter.extra_template_basedirs = [os.path.join(LABS_DIR, "templates"), NBGRADER_TEMPLATES]
+c.HTMLExporter.mathjax_url = "../../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+# --------------------------------------------------------------------------- export
+# `nbgrader export` writes grades.csv here (one row per student and lab).
+c.ExportPlugin.to = "grades.csv"
