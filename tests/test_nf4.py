@@ -1,0 +1,293 @@
+"""Tests for qlora_lab.nf4: codebooks and blockwise 4-bit quantization equal to bitsandbytes."""
+
+import math
+
+import pytest
+import torch
+
+from qlora_lab._bnb import import_bnb
+from qlora_lab.absmax import fake_quantize
+from qlora_lab.nf4 import (
+    BNB_NF4_OFFSET,
+    NF4_OFFSET,
+    QuantState,
+    codebook,
+    dequantize_4bit,
+    fp4_levels,
+    int4_levels,
+    nf4_levels,
+    normal_map,
+    pack_4bit,
+    quantize_4bit,
+    to_bnb_quant_state,
+    unpack_4bit,
+)
+
+F = import_bnb().functional
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _eager_single_threaded_bitsandbytes():
+    """Keep these many small checks fast on a shared 2-core machine.
+
+    bnb's pure-PyTorch fallback kernels are wrapped in torch.compile: compiling them for
+    every new shape costs seconds and changes no result, so they run eagerly here. And
+    on tensors this small, a second thread only adds synchronisation (20x slower when the
+    cores are busy), so the module runs single-threaded; results do not depend on it.
+    """
+    import torch._dynamo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch._dynamo.config.patch(disable=True):
+        yield
+    torch.set_num_threads(threads)
+
+
+def _bnb_reference_dequantize(packed: torch.Tensor, state) -> torch.Tensor:
+    """bitsandbytes' own PyTorch dequantization (backends/default/ops.py), any shape.
+
+    bitsandbytes 0.50.2's C++ CPU kernel (used for an even last dimension) returns wrong
+    values for a multi-row tensor whose last dimension is not a multiple of the blocksize
+    (e.g. shape (8, 48) with blocksize 64: it restarts blocks at each row). Its PyTorch
+    path, which it uses for odd last dimensions, indexes blocks over the flattened tensor
+    like the quantizer and is the reference we compare with for such shapes.
+    """
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+
+    absmax = state.absmax
+    if state.nested:
+        absmax = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    code = F.get_4bit_type(state.quant_type, device="cpu")
+    return _dequantize_4bit_compute(packed.reshape(-1), absmax, code, state.blocksize, state.shape, state.dtype)
+
+
+# ----------------------------------------------------------------------------- codebooks
+
+
+def test_nf4_levels_equal_bitsandbytes_table():
+    levels = nf4_levels()
+    reference = F.get_4bit_type("nf4", device="cpu")
+    assert levels.dtype == torch.float32 and levels.shape == (16,)
+    torch.testing.assert_close(levels, reference, rtol=0, atol=1e-7)
+    assert torch.all(levels[1:] > levels[:-1])  # ascending
+    assert (levels < 0).sum() == 7 and (levels == 0).sum() == 1 and (levels > 0).sum() == 8
+
+
+def test_nf4_derivation_from_quantiles_equals_create_normal_map():
+    derived = normal_map(BNB_NF4_OFFSET)  # our derivation: norm.ppf on float32 linspace
+    bnb_map = F.create_normal_map(offset=BNB_NF4_OFFSET, use_extra_value=True)  # 256 entries
+    assert torch.equal(derived, torch.unique(bnb_map))  # its 16 distinct values, sorted
+    torch.testing.assert_close(derived, F.get_4bit_type("nf4", device="cpu"), rtol=0, atol=1e-7)
+
+
+def test_nf4_offset_is_the_mean_of_the_two_last_bin_centres():
+    assert NF4_OFFSET == pytest.approx((1 - 1 / 30 + 1 - 1 / 32) / 2)
+    assert round(NF4_OFFSET, 7) == BNB_NF4_OFFSET
+    # the 7-decimal literal changes the table by a few float32 ulps only
+    torch.testing.assert_close(normal_map(NF4_OFFSET), nf4_levels(), rtol=0, atol=5e-7)
+
+
+def test_nf4_levels_split_the_normal_distribution_into_nearly_equal_bins():
+    from scipy.stats import norm
+
+    levels = nf4_levels().double()
+    scale = norm.ppf(BNB_NF4_OFFSET)
+    midpoints = ((levels[1:] + levels[:-1]) / 2 * scale).numpy()
+    mass = torch.tensor(norm.cdf(midpoints[1:]) - norm.cdf(midpoints[:-1]))  # 14 inner bins
+    assert mass.max() / mass.min() < 1.6  # a uniform INT4 grid would give ~6
+
+
+def test_fp4_levels_equal_bitsandbytes_table():
+    assert torch.equal(fp4_levels(), F.get_4bit_type("fp4", device="cpu"))
+    raw = fp4_levels() * 12  # undo the normalisation
+    assert raw[:8].tolist() == [0, 0.0625, 8, 12, 4, 6, 2, 3]
+    assert torch.equal(raw[8:], -raw[:8])
+
+
+def test_int4_levels_are_uniform_and_symmetric():
+    levels = int4_levels()
+    assert levels.shape == (16,) and torch.all(levels[1:] >= levels[:-1])
+    torch.testing.assert_close(torch.unique(levels), torch.arange(-7, 8) / 7)
+    assert torch.equal(levels, -levels.flip(0))  # symmetric: the 16th code is a second 0
+
+
+def test_codebook_dispatch_and_unknown_type():
+    assert torch.equal(codebook("nf4"), nf4_levels())
+    assert torch.equal(codebook("fp4"), fp4_levels())
+    with pytest.raises(ValueError, match="quant_type"):
+        codebook("nf5")
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def test_pack_puts_the_first_code_in_the_high_nibble():
+    codes = torch.tensor([1, 2, 15, 0, 7], dtype=torch.uint8)
+    packed = pack_4bit(codes)
+    assert packed.shape == (3, 1) and packed.dtype == torch.uint8
+    assert packed.view(-1).tolist() == [0x12, 0xF0, 0x70]
+    assert torch.equal(unpack_4bit(packed)[:5], codes)
+
+
+# ----------------------------------------------------------------------------- equality with bnb
+
+SHAPES = [
+    (64, 192),  # divisible by every blocksize tested
+    (1000,),  # 1-D, not divisible
+    (33, 70),  # 2310 elements, not divisible
+    (7, 129),  # odd count (an odd last dimension: bnb's PyTorch path)
+    (8, 48),  # last dimension below the blocksize (see _bnb_reference_dequantize)
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("blocksize", [64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("double_quant", [False, True], ids=["plain", "dq"])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_quantize_4bit_equals_bitsandbytes(quant_type, double_quant, dtype, blocksize, shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+    x.view(-1)[: blocksize // 2] *= 50  # outliers in the first block
+
+    packed, state = quantize_4bit(x, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant)
+    bnb_packed, bnb_state = F.quantize_4bit(
+        x, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant
+    )
+    # the bytes themselves: same codes, same nibble order, same shape
+    assert packed.shape == bnb_packed.shape and torch.equal(packed, bnb_packed)
+    assert torch.equal(state.absmax, bnb_state.absmax)
+    assert state.nested == bnb_state.nested
+    if double_quant:
+        assert torch.equal(state.offset, bnb_state.offset)
+        assert torch.equal(state.state2.absmax, bnb_state.state2.absmax)
+        assert torch.equal(state.state2.code, bnb_state.state2.code)
+
+    x_hat = dequantize_4bit(packed, state)
+    assert x_hat.shape == x.shape and x_hat.dtype == dtype
+    reference = _bnb_reference_dequantize(bnb_packed, bnb_state)
+    torch.testing.assert_close(x_hat, reference.view(x.shape), rtol=1e-6, atol=0)
+    if len(shape) == 1 or shape[-1] % blocksize == 0 or shape[-1] % 2:  # bnb's public API
+        expected = F.dequantize_4bit(bnb_packed, bnb_state)  # (1, n) for a 1-D input
+        torch.testing.assert_close(x_hat, expected.view(x.shape), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_bitsandbytes_dequantizes_our_bytes(quant_type):
+    x = torch.randn(96, 128, generator=torch.Generator().manual_seed(3))
+    packed, state = quantize_4bit(x, quant_type=quant_type, blocksize=64, double_quant=True)
+    from_bnb = F.dequantize_4bit(packed, to_bnb_quant_state(state))
+    torch.testing.assert_close(dequantize_4bit(packed, state), from_bnb, rtol=1e-6, atol=0)
+
+
+def test_float16_input_equals_bitsandbytes():
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(4)).half()
+    packed, state = quantize_4bit(x, "nf4", 64, True)
+    bnb_packed, bnb_state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert torch.equal(packed, bnb_packed)
+    torch.testing.assert_close(dequantize_4bit(packed, state), F.dequantize_4bit(bnb_packed, bnb_state))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_midpoints_and_exact_levels_round_like_bitsandbytes(quant_type):
+    # values exactly on the levels and on the midpoints between them (ties go down)
+    levels = codebook(quant_type).sort().values
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    block = torch.cat([levels, midpoints, torch.tensor([1.0, -1.0, 0.0, -0.0])])  # 35 values
+    x = torch.cat([block, torch.zeros(64 - block.numel())]).repeat(4)  # absmax = 1 per block
+    packed, _ = quantize_4bit(x, quant_type, 64, False)
+    bnb_packed, _ = F.quantize_4bit(x, blocksize=64, quant_type=quant_type)
+    assert torch.equal(packed, bnb_packed)
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4", "int4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_all_zero_blocks_dequantize_to_zero(quant_type, double_quant):
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(5))
+    x[1] = 0.0  # one whole zero block
+    packed, state = quantize_4bit(x, quant_type, 64, double_quant)
+    x_hat = dequantize_4bit(packed, state)
+    assert not torch.isnan(x_hat).any()
+    assert torch.equal(x_hat[1], torch.zeros(64))
+    zeros = torch.zeros(100)  # everything zero, partial last block
+    assert torch.equal(dequantize_4bit(*quantize_4bit(zeros, quant_type, 64, double_quant)), zeros)
+
+
+def test_int4_codebook_equals_absmax_at_4_bits_per_block():
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(6))
+    packed, state = quantize_4bit(x, "int4", blocksize=64, double_quant=False)
+    expected = fake_quantize(x, bits=4, scheme="absmax", granularity="block", blocksize=64)
+    torch.testing.assert_close(dequantize_4bit(packed, state), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_nf4_has_lower_error_than_fp4_and_int4_on_normal_weights():
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(7)) * 0.02
+    mse = {}
+    for quant_type in ("nf4", "fp4", "int4"):
+        x_hat = dequantize_4bit(*quantize_4bit(x, quant_type, 64, False))
+        mse[quant_type] = float(((x - x_hat) ** 2).mean())
+    assert mse["nf4"] < mse["int4"] < mse["fp4"], mse
+
+
+def test_double_quant_changes_the_reconstruction_very_little():
+    x = torch.randn(128, 256, generator=torch.Generator().manual_seed(8))
+    plain = dequantize_4bit(*quantize_4bit(x, "nf4", 64, False))
+    nested = dequantize_4bit(*quantize_4bit(x, "nf4", 64, True))
+    err_plain = float(((x - plain) ** 2).mean())
+    err_nested = float(((x - nested) ** 2).mean())
+    assert err_nested == pytest.approx(err_plain, rel=0.02)
+
+
+def test_dequantize_uses_the_lookup_table_faithfully():
+    x = torch.randn(3, 50, generator=torch.Generator().manual_seed(9))
+    packed, state = quantize_4bit(x, "fp4", blocksize=32, double_quant=False)
+    codes = unpack_4bit(packed)[: x.numel()].long()
+    scale = state.absmax.repeat_interleave(32)[: x.numel()]
+    expected = (state.code[codes] * scale).view(x.shape)  # the plain formula
+    assert torch.equal(dequantize_4bit(packed, state), expected)
+
+
+def test_state_uses_bitsandbytes_vocabulary():
+    x = torch.randn(10, 64)
+    packed, state = quantize_4bit(x, "nf4", 64, True)
+    assert isinstance(state, QuantState)
+    assert state.shape == x.shape and state.dtype == torch.float32 and state.quant_type == "nf4"
+    assert state.nested and state.absmax.dtype == torch.uint8 and state.state2.blocksize == 256
+    assert packed.shape == (math.ceil(x.numel() / 2), 1)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"quant_type": "nf3"}, "quant_type"),
+        ({"blocksize": 48}, "blocksize"),
+        ({"blocksize": 0}, "blocksize"),
+        ({"blocksize": -64}, "blocksize"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        quantize_4bit(torch.randn(128), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.arange(128),
+        torch.tensor([1.0, float("nan")] * 64),
+        torch.tensor([1.0, float("inf")] * 64),
+        torch.empty(0),
+    ],
+    ids=["int", "nan", "inf", "empty"],
+)
+def test_bad_input_tensor_raises_value_error_naming_x(x):
+    with pytest.raises(ValueError, match=r"^x "):
+        quantize_4bit(x)
