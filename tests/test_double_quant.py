@@ -1,0 +1,123 @@
+"""Tests for qlora_lab.double_quant: the dynamic code, 8-bit constants, memory accounting."""
+
+import pytest
+import torch
+
+from qlora_lab._bnb import import_bnb
+from qlora_lab.double_quant import (
+    DQ_BLOCKSIZE,
+    bits_per_param,
+    dequantize_absmax,
+    dequantize_blockwise_8bit,
+    dynamic_map,
+    model_weight_bytes,
+    quant_state_breakdown,
+    quant_state_nbytes,
+    quantize_absmax,
+    quantize_blockwise_8bit,
+)
+from qlora_lab.nf4 import quantize_4bit
+
+F = import_bnb().functional
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Small tensors: a second thread only adds synchronisation on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dynamic_map_equals_bitsandbytes():
+    code = dynamic_map()
+    assert code.shape == (256,) and code.dtype == torch.float32
+    assert torch.equal(code, F.create_dynamic_map(signed=True))
+    assert code[-1] == 1.0 and (code == 0).sum() == 1 and torch.all(code[1:] > code[:-1])
+
+
+def test_dynamic_map_is_fine_near_zero_and_coarse_near_one():
+    gaps = dynamic_map().diff()
+    assert gaps[120:135].max() < 1e-4 < gaps[-5:].min()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("n", [256 * 4, 256 * 3 + 77, 100])
+def test_8bit_blockwise_equals_bitsandbytes_cpu_kernel(seed, n):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=generator) * torch.logspace(-3, 0, n)  # many magnitudes
+    if n > 256:
+        x[256:512] = 0.0  # an all-zero block
+    codes, absmax = quantize_blockwise_8bit(x, dynamic_map(), 256)
+    bnb_codes, bnb_state = F.quantize_blockwise(x, blocksize=256)
+    assert torch.equal(codes, bnb_codes)
+    assert torch.equal(absmax, bnb_state.absmax)
+    values = dequantize_blockwise_8bit(codes, absmax, dynamic_map(), 256)
+    assert torch.equal(values, F.dequantize_blockwise(bnb_codes, bnb_state))
+    assert not torch.isnan(values).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_absmax_constants_round_trip_like_bitsandbytes(seed):
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(seed))
+    absmax = x.abs().amax(dim=1)  # (300,) first-level constants
+    qabsmax, offset, absmax2, code = quantize_absmax(absmax)
+    assert qabsmax.dtype == torch.uint8 and absmax2.shape == (2,)  # ceil(300 / 256)
+    assert offset == absmax.mean()
+    _, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert torch.equal(qabsmax, state.absmax) and torch.equal(absmax2, state.state2.absmax)
+    restored = dequantize_absmax(qabsmax, offset, absmax2, code)
+    expected = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    assert torch.equal(restored, expected)
+    # 8-bit dynamic code on centred constants: well under 1 % relative error
+    assert ((restored - absmax).abs() / absmax).max() < 1e-2
+
+
+def test_bits_per_param_values_from_the_paper():
+    assert bits_per_param(64, double_quant=False) == 4.5
+    assert round(bits_per_param(64, double_quant=True), 3) == 4.127
+    assert bits_per_param(64, True, 256) == 4 + 8 / 64 + 32 / (64 * 256)
+    saving = bits_per_param(64, False) - bits_per_param(64, True)
+    assert saving == pytest.approx(0.373, abs=1e-3)  # QLoRA §3
+    assert model_weight_bytes(65e9, saving) / 1e9 == pytest.approx(3.03, abs=0.01)  # "≈ 3 GB"
+    with pytest.raises(ValueError, match="blocksize"):
+        bits_per_param(0)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_bits_per_param_matches_a_real_bitsandbytes_quant_state(double_quant):
+    w = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0))
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    parts = quant_state_breakdown(packed, state)
+    n = w.numel()
+    assert parts["packed"] == n // 2  # two codes per byte
+    assert parts["absmax"] == n // 64 * (1 if double_quant else 4)
+    tables = parts["code"] + parts.get("nested_code", 0) + parts.get("offset", 0)
+    assert tables == (64 + 1024 + 4 if double_quant else 64)  # fixed-size extras
+    measured = (quant_state_nbytes(packed, state) - tables) * 8 / n
+    assert measured == bits_per_param(64, double_quant=double_quant)  # exact
+    total_bits = quant_state_nbytes(packed, state) * 8 / n
+    assert total_bits == pytest.approx(bits_per_param(64, double_quant), abs=1e-3)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_our_state_holds_the_same_bytes_as_bitsandbytes(double_quant):
+    w = torch.randn(256, 512, generator=torch.Generator().manual_seed(1))
+    ours = quant_state_breakdown(*quantize_4bit(w, "nf4", 64, double_quant))
+    theirs = quant_state_breakdown(*F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant))
+    assert ours == theirs
+
+
+def test_model_weight_bytes_table():
+    # LLaMA-65B in 16 bits vs NF4 + DQ, weights only
+    assert model_weight_bytes(65e9, 16) == 130e9
+    assert model_weight_bytes(65e9, bits_per_param()) / 1e9 == pytest.approx(33.53, abs=0.01)
+    assert model_weight_bytes(7e9, 4.5) == 3_937_500_000
+    assert model_weight_bytes(0, 4) == 0
+    with pytest.raises(ValueError, match="bits_per_param"):
+        model_weight_bytes(7e9, 0)
+
+
+def test_second_level_blocksize_is_256():
+    assert DQ_BLOCKSIZE == 256
