@@ -269,3 +269,46 @@ def human(flops: float, unit: str = "FLOPs") -> str:
         if abs(flops) >= scale:
             return f"{flops / scale:.3g} {prefix}{unit}"
     return f"{flops:.3g} {unit}"
+
+
+# --------------------------------------------------------------- context-length study
+
+
+def context_length_rows(model: nn.Module, seq_lens: list[int]) -> list[dict[str, float]]:
+    """Per-token forward FLOPs of a causal LM at several context lengths: measured vs formulas.
+
+    Each row: T, measured (FlopCounterMode), exact (2N + 4·L·T·d), kaplan (2N + 2·L·T·d)
+    and the guide's "2·T²·d" divided by T, all per token.
+    """
+    cfg = model.config
+    n = matmul_params(model)
+    rows = []
+    for t in seq_lens:
+        rows.append({
+            "T": t,
+            "measured": decoder_forward_flops(model, t) / t,
+            "exact": exact_decoder_forward_flops(n, cfg.num_hidden_layers, cfg.hidden_size, t) / t,
+            "kaplan": forward_flops_per_token(n, cfg.num_hidden_layers, t, cfg.hidden_size),
+            "guide": 2 * t**2 * cfg.hidden_size / t,
+        })
+    return rows
+
+
+def plot_flops_per_token(rows: list[dict[str, float]]):
+    """Measured FLOPs per token against context length, with the three formulas."""
+    import matplotlib.pyplot as plt
+
+    t = [r["T"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(t, [r["measured"] for r in rows], "o", ms=9, label="mesuré (FlopCounterMode)")
+    ax.plot(t, [r["exact"] for r in rows], "-", label="2N + 4·L·T·d (attention complète)")
+    ax.plot(t, [r["kaplan"] for r in rows], "--", label="Kaplan : 2N + 2·L·T·d (moyenne causale)")
+    ax.plot(t, [r["guide"] for r in rows], ":", lw=2, label="guide : 2·T²·d (ramené par token)")
+    ax.set_xlabel("longueur du contexte T (tokens)")
+    ax.set_ylabel("FLOPs par token (passage avant)")
+    ax.set_yscale("log")
+    ax.set_title("Coût d'un token selon la longueur du contexte")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
