@@ -160,3 +160,22 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], ylabel: str = "p
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_histogram_with_normal(values: np.ndarray, title: str = "Distribution des poids",
+                               xlabel: str = "valeur du poids") -> "Figure":
+    """Histogram of `values` with the normal density of the same mean and std on top."""
+    plt = _plt()
+    values = np.asarray(values, dtype=np.float64)
+    mean, std = values.mean(), values.std()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(values, bins=200, density=True, color="0.7", label="poids du modèle")
+    grid = np.linspace(values.min(), values.max(), 400)
+    density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi))
+    ax.plot(grid, density, color="tab:red", label=f"loi normale (μ={mean:.3g}, σ={std:.3g})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("densité")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -67,3 +67,12 @@ def test_staircase_and_training_curves():
     assert len(ax.get_lines()) == 2
     ax = viz.plot_training_curves({"QAT": [1.0, 0.5, 0.3]}).axes[0]
     assert list(ax.get_lines()[0].get_ydata()) == [1.0, 0.5, 0.3]
+
+
+def test_histogram_with_normal_overlays_matching_density():
+    values = np.random.default_rng(0).normal(0.0, 0.02, 20_000)
+    ax = viz.plot_histogram_with_normal(values).axes[0]
+    curve = ax.get_lines()[0]
+    peak = curve.get_ydata().max()
+    assert peak == pytest.approx(1 / (0.02 * np.sqrt(2 * np.pi)), rel=0.05)
+    assert len(ax.patches) == 200
