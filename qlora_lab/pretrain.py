@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from qlora_lab import corpus
+from qlora_lab._bnb import quiet_bnb_logs
 from qlora_lab.packing import batches, concatenate, pack_stream, tokenize_documents
 
 # Every Linear's out_features must be a multiple of 32 for bitsandbytes' 4-bit CPU eval
@@ -155,6 +156,17 @@ def write_curve(curve: list[dict], output_dir: Path) -> None:
     plt.close(fig)
 
 
+def cpu_name() -> str:
+    """The CPU model as Linux reports it (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def save_model(model, tokenizer, output_dir: Path):
     """Save `model` in bf16 (half the file size; converted in place) with its tokenizer."""
     from transformers import GenerationConfig
@@ -171,8 +183,13 @@ def save_model(model, tokenizer, output_dir: Path):
     return model
 
 
-def pretrain(cfg: PretrainConfig, output_dir: Path, tokenizer_dir: Path | None = None) -> dict:
-    """Train, evaluate and save the model; returns the training summary."""
+def pretrain(cfg: PretrainConfig, output_dir: Path, tokenizer_dir: Path | None = None,
+             init_from: Path | None = None) -> dict:
+    """Train, evaluate and save the model; returns the training summary.
+
+    `init_from` continues from a saved model directory (weights and tokenizer; a fresh
+    optimizer and schedule): a second training phase.
+    """
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
@@ -180,16 +197,25 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, tokenizer_dir: Path | None =
     from qlora_lab.validation import evaluate_texts
 
     cfg.check()
+    quiet_bnb_logs()  # transformers may import bitsandbytes lazily during training
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        tokenizer = load_tokenizer(tokenizer_dir)
+    if init_from is not None or tokenizer_dir is not None:
+        tokenizer = load_tokenizer(tokenizer_dir or init_from)
     else:
         tokenizer = train_tokenizer(vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but vocab_size={cfg.vocab_size}")
-    model = LlamaForCausalLM(llama_config(cfg, tokenizer))
+    if init_from is not None:
+        model = LlamaForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
+        wanted = llama_config(cfg, tokenizer)
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "max_position_embeddings")
+        if any(getattr(model.config, k) != getattr(wanted, k) for k in sizes):
+            raise ValueError(f"--init-from {init_from}: its sizes differ from the requested ones ({sizes})")
+    else:
+        model = LlamaForCausalLM(llama_config(cfg, tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = make_optimizer(model, cfg)
     val_texts = corpus.read_texts("validation")
@@ -258,7 +284,7 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, tokenizer_dir: Path | None =
         "final_val_nats_per_token": curve[-1]["val_nats_per_token"],
         "final_val_bits_per_byte": curve[-1]["val_bits_per_byte"],
         "python_stdlib_version": corpus.python_version(), "corpus": corpus.split_summary(),
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "command": "qlora-lab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else None,
         "samples": dict(zip(SAMPLE_PROMPTS, sample_generations(model, tokenizer, SAMPLE_PROMPTS))),
     }
@@ -266,11 +292,138 @@ def pretrain(cfg: PretrainConfig, output_dir: Path, tokenizer_dir: Path | None =
     return summary
 
 
+def measure_quality(model_dir: Path) -> dict[str, float]:
+    """Validation bits/byte of the saved model, in bf16 and reloaded in NF4 (whole split)."""
+    from qlora_lab.models import load_model
+    from qlora_lab.validation import evaluate_texts
+
+    texts = corpus.read_texts("validation")
+    quality = {}
+    for quantization in ("none", "nf4"):
+        model, tokenizer = load_model(model_dir, quantization=quantization, compute_dtype=torch.bfloat16)
+        quality["bf16" if quantization == "none" else quantization] = round(evaluate_texts(model, tokenizer, texts).bits_per_byte, 4)
+    return quality
+
+
+def model_card(summary: dict, curve: list[dict], quality: dict[str, float], size_mb: float) -> str:
+    """The README.md of the shipped model (French: students read it)."""
+    cfg = summary["config"]
+    evals = [row for row in curve if row.get("val_bits_per_byte") is not None]
+    curve_rows = "\n".join(
+        f"| {r['step']} | {r['tokens']:,} | {r['elapsed_s'] / 60:.1f} | {r['train_nats_per_token']:.3f} | "
+        f"{r['val_nats_per_token']:.3f} | {r['val_bits_per_byte']:.3f} |" for r in evals
+    )
+    samples = "\n\n".join(f"```python\n{completion}\n```" for completion in summary["samples"].values())
+    splits = summary["corpus"]
+    split_rows = "\n".join(f"| {name} | {s['files']} | {s['bytes']:,} |" for name, s in splits.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+license: other
+license_name: psf-2.0
+tags: [llama, code, python, qlora-lab, education]
+---
+
+# mini-codellama : un petit CodeLlama entraîné hors ligne sur la bibliothèque standard de Python
+
+Modèle par défaut du cours **qlora-lab**. Même architecture que CodeLlama
+(`LlamaForCausalLM` : RMSNorm, RoPE, SwiGLU, sans biais), en miniature, entraîné
+**sur CPU, sans réseau**, sur le code source de la bibliothèque standard de Python
+{summary["python_stdlib_version"]} (celle de l'interpréteur qui l'a entraîné). Il sert à faire un
+vrai fine-tuning QLoRA en 4 bits sur n'importe quel ordinateur.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("qlora_lab/assets/mini-codellama")
+tokenizer = AutoTokenizer.from_pretrained("qlora_lab/assets/mini-codellama")
+# ou, en NF4 : from qlora_lab.models import load_model; model, tokenizer = load_model()
+```
+
+## Configuration
+
+| paramètre | valeur |
+|---|---|
+| paramètres | {summary["parameters"]:,} (embeddings d'entrée et de sortie partagés) |
+| couches × dimension | {cfg["num_hidden_layers"]} × {cfg["hidden_size"]} ({cfg["num_attention_heads"]} têtes de 64) |
+| MLP SwiGLU (intermediate_size) | {cfg["intermediate_size"]} |
+| contexte | {cfg["seq_len"]} tokens |
+| tokenizer | BPE au niveau de l'octet, {cfg["vocab_size"]} tokens (`<unk>`, `<s>`, `</s>`, `<pad>` = 0..3) |
+| poids | bf16, `model.safetensors`, {size_mb:.1f} Mo pour tout le dossier |
+
+`hidden_size` et `intermediate_size` sont des multiples de 64 : les noyaux CPU 4 bits de
+bitsandbytes l'exigent (et chaque `out_features` est divisible par 32).
+
+## Données
+
+Bibliothèque standard de Python {summary["python_stdlib_version"]}, sans les suites de tests, `idlelib`,
+`tkinter`, `lib2to3`, `turtledemo`, `ensurepip` ni `site-packages` (`qlora_lab/corpus.py`).
+Découpage déterministe par hachage SHA-256 du chemin relatif (~5 % des fichiers en
+validation). Le paquet `email/` est **entièrement exclu** du pré-entraînement : c'est le
+domaine du fine-tuning du cours.
+
+| split | fichiers | octets (UTF-8) |
+|---|---|---|
+{split_rows}
+
+## Entraînement
+
+AdamW (β = 0,9/0,95, weight decay {cfg["weight_decay"]}), lr {cfg["lr"]} avec {cfg["warmup_steps"]} pas de warmup puis
+décroissance cosinus jusqu'à {cfg["lr"] * cfg["min_lr_ratio"]:.0e}, lots de {cfg["batch_size"]} × {cfg["seq_len"]} tokens, autocast bf16,
+graine {cfg["seed"]}. **{summary["steps"]} pas, {summary["tokens_seen"]:,} tokens, {summary["train_seconds"] / 60:.1f} minutes** sur
+{summary["hardware"]} (2 cœurs partagés avec d'autres tâches : le temps est celui de l'horloge).
+
+![Courbe de perte](loss_curve.png)
+
+| pas | tokens vus | minutes | perte train (nats/token) | validation (nats/token) | validation (bits/octet) |
+|---|---|---|---|---|---|
+{curve_rows}
+
+## Qualité sur le split de validation complet
+
+| chargement | bits par octet |
+|---|---|
+| bf16 | {quality["bf16"]:.3f} |
+| NF4 + double quantification (`load_model()`) | {quality["nf4"]:.3f} |
+
+Bits par octet = somme des −ln p(token) sur le texte / ln 2 / octets UTF-8 du texte
+(`qlora_lab/validation.py`), indépendant du tokenizer.
+
+## Exemples de génération (gloutonne)
+
+{samples}
+
+## Reproduire
+
+```bash
+{summary["command"] or "qlora-lab pretrain --steps " + str(summary["steps"])}
+```
+
+Avec `--steps` seul, l'entraînement est déterministe (même machine, même nombre de
+threads). Le modèle livré a été entraîné avec `--max-minutes`, qui fait décroître le
+taux d'apprentissage selon l'horloge : pour le reproduire à l'identique, utilisez
+`--steps {summary["steps"]}` (les pas effectués), sans `--max-minutes`.
+"""
+
+
+def write_model_card(model_dir: Path) -> dict[str, float]:
+    """Measure bf16/NF4 quality and write README.md next to the model; returns the quality."""
+    summary = json.loads((model_dir / "training_summary.json").read_text())
+    curve = json.loads((model_dir / "curve.json").read_text())
+    quality = measure_quality(model_dir)
+    summary["quality_bits_per_byte"] = quality
+    (model_dir / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    size_mb = sum(p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md") / 2**20
+    (model_dir / "README.md").write_text(model_card(summary, curve, quality, size_mb), encoding="utf-8")
+    return quality
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `qlora-lab pretrain` (defaults: the shipped model's settings)."""
     defaults = PretrainConfig()
     parser.add_argument("--output-dir", type=Path, default=Path("runs/mini-codellama"))
     parser.add_argument("--tokenizer", type=Path, default=None, help="reuse a saved tokenizer instead of training one")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from a saved model directory (a second phase; fresh optimizer and schedule)")
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -285,7 +438,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `qlora-lab pretrain`."""
     fields = PretrainConfig.__dataclass_fields__
     cfg = PretrainConfig(**{name: getattr(args, name) for name in fields})
-    summary = pretrain(cfg, args.output_dir, args.tokenizer)
+    summary = pretrain(cfg, args.output_dir, args.tokenizer, args.init_from)
+    write_model_card(args.output_dir)
     print(f"{summary['parameters']:,} parameters, {summary['steps']} steps in {summary['train_seconds']:.0f} s: "
           f"validation {summary['final_val_bits_per_byte']:.3f} bits/byte -> {args.output_dir}")
     return 0
