@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 PIP_TORCH_OPTS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv book test lab labs-release labs-grade bench clean
+.PHONY: venv book browser test lab labs-release labs-grade bench clean
 
 venv: $(STAMP)
 
@@ -25,11 +25,24 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Offline: MathJax, require.js and the widget manager come from book/offline/.
+# A notebook cell error fails the build (execute.raise_on_error in _config.yml).
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --builder html
 	@echo "Book built: open $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+# Debian's Chromium for tests/test_book.py (Playwright drives it; it downloads nothing).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "Chromium is missing: run 'sudo apt-get install chromium' (tests/test_book.py needs it)"; exit 1; \
+	  fi; }
+
+# The book is rebuilt first so that tests/test_book.py always checks a fresh site.
+test: $(STAMP) book browser
 	$(PY) -m pytest
 
 lab: $(STAMP)
