@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socketserver
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,6 +149,38 @@ def test_every_public_module_is_documented_in_the_api_page():
     missing = [m for m in modules if f'id="module-qlora_lab.{m}"' not in html]
     assert modules, "no qlora_lab module found"
     assert not missing, f"modules without an autodoc section in book/api.html: {missing}"
+
+
+def test_a_cell_error_fails_the_build(tmp_path):
+    """With the book's own _config.yml, a notebook cell error stops `jupyter-book build`.
+
+    jupyter-book 1 only warns about a failing notebook unless `execute.raise_on_error`
+    is set: a published page would silently show a traceback.
+    """
+    import nbformat
+
+    book = tmp_path / "book-with-error"
+    (book / "book").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", book / "_config.yml")
+    for needed in ("offline", "_ext", "favicon.svg"):  # paths that _config.yml names
+        (book / "book" / needed).symlink_to(ROOT / "book" / needed)
+    (book / "notebooks").mkdir()
+    (book / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/index\nchapters:\n  - file: notebooks/00_casse\n"
+    )
+    (book / "book" / "index.md").write_text("# Accueil\n")
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# Cassé"), nbformat.v4.new_code_cell("1 / 0")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    nbformat.write(notebook, book / "notebooks" / "00_casse.ipynb")
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "jupyter-book"), "build", str(book), "--builder", "html"],
+        capture_output=True, text=True, timeout=300, cwd=book,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"the build succeeded despite a cell error:\n{output[-2000:]}"
+    assert "ZeroDivisionError" in output, output[-2000:]
 
 
 # ------------------------------------------------------------------------ browser test
