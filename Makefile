@@ -49,7 +49,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 labs-release: $(STAMP)
-	cd labs && ../$(VENV)/bin/nbgrader generate_assignment --all --force
+	$(PY) -m qlora_lab.grading release labs
 
 labs-grade: $(STAMP)
 	$(PY) -m qlora_lab.grading grade labs
