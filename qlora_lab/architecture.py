@@ -55,6 +55,18 @@ def classify_architecture(model: nn.Module) -> ArchitectureReport:
     return ArchitectureReport(OTHER, "ni attention, ni convolution, ni couche linéaire", census)
 
 
+def linear_weight_fraction(model: nn.Module) -> float:
+    """Share of the model's (unique) parameters that sit in nn.Linear weights.
+
+    bitsandbytes' 4-bit layers and LoRA adapters replace or wrap nn.Linear: this is the
+    part of a model that QLoRA can quantize and adapt. Tied weights count once.
+    """
+    seen: dict[int, int] = {p.data_ptr(): p.numel() for p in model.parameters()}
+    linear = {m.weight.data_ptr(): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
+    total = sum(seen.values())
+    return sum(linear.values()) / total if total else 0.0
+
+
 def small_mlp(d_in: int = 784, hidden: int = 256, n_classes: int = 10) -> nn.Sequential:
     """A two-layer perceptron, the MLP of the comparison."""
     return nn.Sequential(nn.Flatten(), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))

@@ -206,6 +206,21 @@ def smallest_gpu_that_fits(total_bytes: float, sizes_gb: Iterable[float] = (8, 1
     return None
 
 
+def available_memory_bytes(device=None) -> int:
+    """Free memory where training would run: free CUDA memory on a GPU, available RAM on CPU."""
+    import torch
+
+    from qlora_lab.device import default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def measure_saved_activation_bytes(model: nn.Module, input_ids) -> int:
     """Bytes of the tensors autograd saves for backward in one forward pass (weights excluded).
 

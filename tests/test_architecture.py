@@ -3,7 +3,8 @@
 import pytest
 from torch import nn
 
-from qlora_lab.architecture import CNN, MLP, OTHER, TRANSFORMER, classify_architecture, module_census, small_cnn, small_mlp
+from qlora_lab.architecture import (CNN, MLP, OTHER, TRANSFORMER, classify_architecture, linear_weight_fraction,
+                                    module_census, small_cnn, small_mlp)
 from qlora_lab.flops import resnet50
 
 
@@ -33,3 +34,11 @@ def test_classify(build, kind):
 def test_census_counts_layers():
     census = module_census(small_mlp())
     assert census["Linear"] == 2 and census["ReLU"] == 1
+
+
+def test_linear_fraction_tells_where_qlora_applies():
+    mlp = small_mlp()  # 784x256 + 256x10 weights, 256 + 10 biases
+    assert linear_weight_fraction(mlp) == pytest.approx((784 * 256 + 256 * 10) / (784 * 256 + 256 * 10 + 266))
+    resnet = resnet50()
+    assert 0.05 < linear_weight_fraction(resnet) < 0.1  # only the 2048 x 1000 classifier: 2.05 M of 25.6 M
+    assert linear_weight_fraction(nn.Sequential(nn.ReLU())) == 0.0

@@ -88,3 +88,10 @@ def test_from_config_reads_a_llama_config():
     shape = ModelShape.from_config(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
                                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     assert (shape.hidden, shape.n_kv_heads, shape.vocab) == (32, 2, 100)
+
+
+def test_available_memory_on_cpu_is_positive_and_below_total():
+    import psutil
+
+    free = memory.available_memory_bytes("cpu")
+    assert 0 < free <= psutil.virtual_memory().total
