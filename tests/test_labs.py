@@ -330,3 +330,31 @@ def test_grades_csv_has_every_student_and_lab(graded):
         assert float(rows[("complet", lab)]["max_score"]) == auto + sum(manual_cells(nb).values())
         print(f"{lab:26s}" + "".join(f"{float(rows[(s, lab)]['raw_score']):10.1f}" for s in STUDENTS)
               + f"{float(rows[('complet', lab)]['max_score']):10.1f}")
+
+
+# ------------------------------------------------------------------- grading driver
+
+
+@pytest.mark.parametrize("missing", ["nbgrader_config.py", "source"])
+def test_driver_rejects_a_folder_that_is_not_a_labs_folder(tmp_path, missing):
+    shutil.copy(LABS_DIR / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    (tmp_path / "source").mkdir()
+    target = tmp_path / missing
+    target.unlink() if target.is_file() else target.rmdir()
+    with pytest.raises(ValueError, match="labs_dir"):
+        grading.release(tmp_path)
+
+
+def test_driver_refuses_to_grade_without_submissions(tmp_path):
+    shutil.copy(LABS_DIR / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    (tmp_path / "source").mkdir()
+    with pytest.raises(ValueError, match="no submission"):
+        grading.autograde(tmp_path)
+
+
+def test_hide_hidden_tests_keeps_visible_tests_and_the_error_message():
+    cell = nbformat.v4.new_code_cell("assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(3) == 4\n### END HIDDEN TESTS\n")
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f(3)", traceback=["assert f(3) == 4"])]
+    cell, _ = grading.HideHiddenTests().preprocess_cell(cell, {}, 0)
+    assert cell.source == "assert f(1) == 2"
+    assert cell.outputs[0].traceback == ["AssertionError: f(3)"]
