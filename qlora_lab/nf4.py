@@ -181,33 +181,87 @@ def _byte_pair_table(code_bytes: bytes) -> torch.Tensor:
     return torch.cat([per_byte[first], per_byte[second]], dim=1)  # (65536, 4)
 
 
-def _decode(packed: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """``code[unpack_4bit(packed)]`` as float32, computed 4 values per lookup."""
+def _decode(packed: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``code[unpack_4bit(packed)]`` as float32, computed 4 values per lookup.
+
+    ``out``, if given, is a float32 tensor of ``4 * ceil(n_bytes / 2)`` values to fill.
+    """
     flat = packed.reshape(-1).view(torch.uint8)
     if flat.numel() % 2:
         flat = torch.nn.functional.pad(flat, (0, 1))
-    words = flat.view(torch.int16).to(torch.int32) & 0xFFFF  # (n_bytes / 2,)
-    table = _byte_pair_table(code.float().contiguous().numpy().tobytes())
-    return table.index_select(0, words).view(-1)
+    words = flat.view(torch.uint16).to(torch.int32)  # (n_bytes / 2,) in 0..65535
+    table = _byte_pair_table(code.float().contiguous().numpy().tobytes())  # (65536, 4)
+    # Each row (4 float32 = 16 bytes) is gathered as one complex128 element: a 1-D
+    # index_select moves whole 16-byte items, faster than copying 4-float rows.
+    table = table.view(torch.complex128).view(-1)
+    if out is None:
+        return table.index_select(0, words).view(torch.float32)
+    torch.index_select(table, 0, words, out=out.view(torch.complex128))
+    return out
 
 
-# ----------------------------------------------------------------------------- quantize / dequantize
+GRID_CELLS = 4096  # uniform cells over [-1, 1] for the fast nearest-code lookup
+# Values processed per step, to bound the temporaries (64 MiB of float32) on big tensors.
+# Smaller chunks are faster single-threaded (they stay in cache) but multiply the thread
+# synchronisations, which costs dearly when other processes share the cores: measured here.
+CHUNK_ELEMENTS = 2**24
 
 
-def _nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+def nearest_code_bucketize(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """Index of the nearest table entry, via the 15 midpoints between sorted levels.
 
     ``torch.bucketize`` does a binary search among the midpoints (4 comparisons instead of
     16 distances); a value exactly on a midpoint goes to the lower level. This is what
-    bitsandbytes' CPU ``quantize_4bit`` does, so codes are identical. Values a hair outside
-    [-1, 1] (rounding of x / absmax) land in the outer bins: no clamp needed.
+    bitsandbytes' CPU ``quantize_4bit`` does, so the codes are identical. Values a hair
+    outside [-1, 1] (rounding of x / absmax) land in the outer bins: no clamp needed.
+    The readable reference for :func:`nearest_code`.
     """
     sorted_code, order = torch.sort(code, stable=True)  # FP4 is stored unsorted
     midpoints = (sorted_code[:-1] + sorted_code[1:]) / 2  # (15,)
     position = torch.bucketize(scaled, midpoints, out_int32=True)
-    if not torch.equal(order, torch.arange(16)):
-        position = order.to(torch.int32)[position]  # sorted position -> stored code
-    return position.to(torch.uint8)
+    return order.to(torch.int32)[position].to(torch.uint8)  # sorted position -> stored code
+
+
+def _grid_cell(values: torch.Tensor) -> torch.Tensor:
+    """Cell of each value on a uniform grid of GRID_CELLS over [-1, 1] (monotone in value)."""
+    return ((values + 1.0) * (GRID_CELLS / 2)).to(torch.int32).clamp_(0, GRID_CELLS - 1)
+
+
+@lru_cache(maxsize=8)
+def _grid_tables(code_bytes: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Per grid cell: sorted positions below it, the one midpoint inside it, the order."""
+    code = torch.frombuffer(bytearray(code_bytes), dtype=torch.float32)
+    sorted_code, order = torch.sort(code, stable=True)
+    midpoints = (sorted_code[:-1] + sorted_code[1:]) / 2  # (15,)
+    cells = _grid_cell(midpoints)
+    if not bool((cells[1:] > cells[:-1]).all()):
+        return None  # two midpoints share a cell (levels closer than 2/4096): use bucketize
+    below = torch.searchsorted(cells, torch.arange(GRID_CELLS, dtype=torch.int32)).to(torch.uint8)
+    threshold = torch.full((GRID_CELLS,), math.inf)
+    threshold[cells.long()] = midpoints
+    return below, threshold, order.to(torch.uint8)
+
+
+def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Same result as :func:`nearest_code_bucketize`, several times faster.
+
+    A binary search branches on every element. Instead, cut [-1, 1] into 4096 equal cells:
+    with levels at least 2/4096 apart, a cell holds at most one midpoint, so the position is
+    ``(midpoints below the cell) + (value > the cell's midpoint)``: two table lookups and
+    one comparison, branch-free. Cells are computed with the same float operations for the
+    midpoints and the values, and cell order follows value order, so ties and values on a
+    cell edge get exactly bucketize's answer (tests check it).
+    """
+    tables = _grid_tables(code.float().contiguous().numpy().tobytes())
+    if tables is None:
+        return nearest_code_bucketize(scaled, code)
+    below, threshold, order = tables
+    cell = _grid_cell(scaled)
+    position = below.index_select(0, cell)  # uint8
+    position += scaled > threshold.index_select(0, cell)
+    if bool((order != torch.arange(16, dtype=torch.uint8)).any()):
+        position = order.index_select(0, position.to(torch.int32))  # sorted -> stored code
+    return position
 
 
 def _blocks(x: torch.Tensor, blocksize: int) -> torch.Tensor:
@@ -220,6 +274,11 @@ def _blocks(x: torch.Tensor, blocksize: int) -> torch.Tensor:
     return flat.view(n_blocks, blocksize)
 
 
+def _chunk_rows(blocksize: int) -> int:
+    """Blocks per chunk: about CHUNK_ELEMENTS values, a multiple of 4 blocks."""
+    return max(4, CHUNK_ELEMENTS // blocksize)
+
+
 def quantize_4bit(
     x: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True
 ) -> tuple[torch.Tensor, QuantState]:
@@ -227,6 +286,9 @@ def quantize_4bit(
 
     Equals ``bitsandbytes.functional.quantize_4bit(x, blocksize=blocksize,
     quant_type=quant_type, compress_statistics=double_quant)`` for "nf4" and "fp4".
+    Steps, per block of ``blocksize`` values: absmax, divide by it, nearest level's index,
+    two indices per byte. Tensors over 16M values are processed in chunks to bound the
+    temporaries (the result does not depend on it).
 
     Args:
         x: float32, bfloat16 or float16 tensor of any shape, finite values.
@@ -249,24 +311,31 @@ def quantize_4bit(
     if x.numel() == 0:
         raise ValueError("x must not be empty")
     n = x.numel()
-    blocks = _blocks(x.detach(), blocksize)  # (n_blocks, blocksize)
-    absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
-    # amax propagates NaN and inf, so checking the constants checks every element.
-    if not bool(torch.isfinite(absmax).all()):
-        raise ValueError("x contains NaN or inf: quantization needs finite values")
-    # Normalise to [-1, 1]. bitsandbytes multiplies full blocks by the reciprocal of
-    # absmax (floored at 1e-38 so an all-zero block gives 0, never 0/0 = NaN) but
-    # *divides* the last partial block, and stores that block's absmax floored at 1e-38.
-    # Both choices change rounding in the last bit, so we copy them to get equal codes.
-    scaled = blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)  # (n_blocks, blocksize)
-    if n % blocksize:
-        absmax[-1] = absmax[-1].clamp(min=1e-38)
-        scaled[-1] = blocks[-1] / absmax[-1]
     code = codebook(quant_type)
-    codes = _nearest_code(scaled.view(-1), code)  # (n_blocks * blocksize,) uint8
-    if codes.numel() == n and n % 2:  # only with blocksize 1: no zero padding to reuse
-        codes = torch.cat([codes, _nearest_code(torch.zeros(1), code)])
-    packed = pack_4bit(codes[: n + n % 2])  # an odd count is padded with the code of 0.0
+    blocks = _blocks(x.detach(), blocksize)  # (n_blocks, blocksize)
+    n_blocks = blocks.shape[0]
+    absmax = torch.empty(n_blocks)  # (n_blocks,)
+    codes = torch.empty(n_blocks * blocksize + 1, dtype=torch.uint8)  # +1: odd-count padding
+    rows = _chunk_rows(blocksize)
+    for first in range(0, n_blocks, rows):
+        chunk = blocks[first : first + rows]  # (rows, blocksize)
+        chunk_absmax = absmax[first : first + rows]
+        torch.amax(chunk.abs(), dim=1, out=chunk_absmax)
+        # Normalise to [-1, 1]: bitsandbytes multiplies by the reciprocal of absmax,
+        # floored at 1e-38 so that an all-zero block gives 0, never 0/0 = NaN.
+        scaled = chunk * (1.0 / chunk_absmax.clamp(min=1e-38)).unsqueeze(1)
+        if n % blocksize and first + rows >= n_blocks:
+            # bitsandbytes *divides* the last partial block and stores its absmax floored
+            # at 1e-38; both change the last bit of rounding, so we copy them.
+            chunk_absmax[-1] = chunk_absmax[-1].clamp(min=1e-38)
+            scaled[-1] = chunk[-1] / chunk_absmax[-1]
+        codes[first * blocksize : (first + chunk.shape[0]) * blocksize] = nearest_code(scaled.view(-1), code)
+    # amax propagates NaN and inf, so checking the constants checks every element.
+    if not math.isfinite(absmax.max().item()):
+        raise ValueError("x contains NaN or inf: quantization needs finite values")
+    if n % 2:  # an odd count is padded with the code of 0.0, as bitsandbytes does
+        codes[n] = nearest_code(torch.zeros(1), code)[0]
+    packed = pack_4bit(codes[: n + n % 2])
     state = QuantState(
         absmax=absmax,
         shape=x.shape,
@@ -285,9 +354,9 @@ def quantize_4bit(
 def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
     """Inverse of :func:`quantize_4bit`: ``code[q] * absmax`` per block, in ``state.dtype``.
 
-    Computed in float32 and rounded once to the target dtype, like bitsandbytes.
-    Returns a tensor of shape ``state.shape`` (bitsandbytes' CPU kernel returns
-    ``(1, n)`` for a 1-D input; we keep the input's shape).
+    Computed in float32 and rounded once to the target dtype, like bitsandbytes, chunk
+    by chunk (as in :func:`quantize_4bit`). Returns a tensor of shape ``state.shape``
+    (bitsandbytes' CPU kernel returns ``(1, n)`` for a 1-D input; we keep the shape).
     """
     if state.quant_type is not None:
         check_choice(state.quant_type, QUANT_TYPES, "quant_type")
@@ -297,13 +366,23 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
         absmax = dequantize_absmax(
             state.absmax, state.offset, state.state2.absmax, state.state2.code, state.state2.blocksize
         )
-    n = math.prod(state.shape)
-    values = _decode(packed, state.code)[:n]  # (n,) float32, a fresh tensor
-    n_full = n // state.blocksize
-    values[: n_full * state.blocksize].view(n_full, state.blocksize).mul_(absmax[:n_full].unsqueeze(1))
-    if n % state.blocksize:
-        values[n_full * state.blocksize :].mul_(absmax[n_full])
-    return values.view(state.shape).to(state.dtype)
+    n, blocksize = math.prod(state.shape), state.blocksize
+    flat = packed.reshape(-1).view(torch.uint8)
+    decoded = torch.empty(4 * math.ceil(n / 4))  # float32, 4 values per 2 packed bytes
+    out = decoded if state.dtype == torch.float32 else torch.empty(n, dtype=state.dtype)
+    rows = _chunk_rows(blocksize)
+    for first in range(0, math.ceil(n / blocksize), rows):
+        start, stop = first * blocksize, min((first + rows) * blocksize, n)  # start % 4 == 0
+        chunk_bytes = flat[start // 2 : (stop + 1) // 2]
+        values = _decode(chunk_bytes, state.code, decoded[start : start + 4 * math.ceil(len(chunk_bytes) / 2)])
+        values = values[: stop - start]
+        full = (stop - start) // blocksize  # complete blocks in this chunk
+        values[: full * blocksize].view(full, blocksize).mul_(absmax[first : first + full].unsqueeze(1))
+        if full * blocksize < stop - start:  # the last, partial block
+            values[full * blocksize :].mul_(absmax[first + full])
+        if out is not decoded:
+            out[start:stop] = values  # rounds to state.dtype once
+    return out[:n].view(state.shape)
 
 
 def to_bnb_quant_state(state: QuantState):

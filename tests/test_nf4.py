@@ -14,6 +14,8 @@ from qlora_lab.nf4 import (
     codebook,
     dequantize_4bit,
     fp4_levels,
+    nearest_code,
+    nearest_code_bucketize,
     int4_levels,
     nf4_levels,
     normal_map,
@@ -200,6 +202,38 @@ def test_midpoints_and_exact_levels_round_like_bitsandbytes(quant_type):
     packed, _ = quantize_4bit(x, quant_type, 64, False)
     bnb_packed, _ = F.quantize_4bit(x, blocksize=64, quant_type=quant_type)
     assert torch.equal(packed, bnb_packed)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4", "int4"])
+def test_grid_lookup_equals_bucketize_on_ties_edges_and_random_values(quant_type):
+    code = codebook(quant_type)
+    levels = code.sort().values
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    grid_edges = torch.arange(-2048, 2049) / 2048  # cell edges of the 4096-cell grid
+    special = torch.cat([
+        levels, midpoints, midpoints.nextafter(up), midpoints.nextafter(down),
+        grid_edges, grid_edges.nextafter(up), grid_edges.nextafter(down),
+        torch.tensor([-0.0, 1.0000001, -1.0000001, 1e-30, -1e-30]),
+    ])
+    random = torch.rand(200_000, generator=torch.Generator().manual_seed(10)) * 2 - 1
+    for values in (special, random):
+        assert torch.equal(nearest_code(values, code), nearest_code_bucketize(values, code))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_chunked_processing_equals_bitsandbytes(monkeypatch, quant_type, double_quant):
+    import qlora_lab.nf4
+
+    monkeypatch.setattr(qlora_lab.nf4, "CHUNK_ELEMENTS", 1024)  # 16 blocks of 64 per chunk
+    x = torch.randn(37, 301, generator=torch.Generator().manual_seed(11))  # 11137: odd, partial
+    packed, state = quantize_4bit(x, quant_type, 64, double_quant)
+    bnb_packed, bnb_state = F.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
+    assert torch.equal(packed, bnb_packed)
+    assert torch.equal(dequantize_4bit(packed, state), F.dequantize_4bit(bnb_packed, bnb_state))
+    bf16 = dequantize_4bit(packed, QuantState(**{**vars(state), "dtype": torch.bfloat16}))
+    assert torch.equal(bf16, dequantize_4bit(packed, state).to(torch.bfloat16))
 
 
 # ----------------------------------------------------------------------------- behaviour
