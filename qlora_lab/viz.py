@@ -179,3 +179,19 @@ def plot_histogram_with_normal(values: np.ndarray, title: str = "Distribution de
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_tradeoff(x: Sequence[float], left: Sequence[float], right: Sequence[float], xlabel: str,
+                  left_label: str, right_label: str, title: str) -> "Figure":
+    """Two quantities against a log2 x axis, one y axis each (e.g. error vs memory cost)."""
+    plt = _plt()
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.semilogx(x, left, marker="o", color="tab:blue", base=2)
+    ax1.set_xlabel(xlabel)
+    ax1.set_ylabel(left_label, color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.semilogx(x, right, marker="s", color="tab:orange", base=2)
+    ax2.set_ylabel(right_label, color="tab:orange")
+    ax1.set_title(title)
+    fig.tight_layout()
+    return fig

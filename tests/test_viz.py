@@ -76,3 +76,10 @@ def test_histogram_with_normal_overlays_matching_density():
     peak = curve.get_ydata().max()
     assert peak == pytest.approx(1 / (0.02 * np.sqrt(2 * np.pi)), rel=0.05)
     assert len(ax.patches) == 200
+
+
+def test_tradeoff_has_two_y_axes():
+    fig = viz.plot_tradeoff([32, 64, 128], [1, 2, 3], [5.0, 4.5, 4.25], "bloc", "erreur", "bits", "titre")
+    left, right = fig.axes
+    assert left.get_xscale() == "log" and left.get_ylabel() == "erreur" and right.get_ylabel() == "bits"
+    assert list(right.get_lines()[0].get_ydata()) == [5.0, 4.5, 4.25]
