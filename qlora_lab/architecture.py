@@ -55,15 +55,17 @@ def classify_architecture(model: nn.Module) -> ArchitectureReport:
     return ArchitectureReport(OTHER, "ni attention, ni convolution, ni couche linéaire", census)
 
 
-def linear_weight_fraction(model: nn.Module) -> float:
-    """Share of the model's (unique) parameters that sit in nn.Linear weights.
+def linear_weight_fraction(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> float:
+    """Share of the model's (unique) parameters that sit in nn.Linear weights, `skip` excluded.
 
     bitsandbytes' 4-bit layers and LoRA adapters replace or wrap nn.Linear: this is the
-    part of a model that QLoRA can quantize and adapt. Tied weights count once.
+    part of a model that QLoRA quantizes and adapts (transformers keeps `lm_head` in 16
+    bits, hence the default `skip`). Tied weights count once (by parameter identity, so it
+    also works on the meta device).
     """
-    seen: dict[int, int] = {p.data_ptr(): p.numel() for p in model.parameters()}
-    linear = {m.weight.data_ptr(): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
-    total = sum(seen.values())
+    total = sum(p.numel() for p in model.parameters())  # parameters() already skips tied duplicates
+    linear = {id(m.weight): m.weight.numel() for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and name.split(".")[-1] not in skip}
     return sum(linear.values()) / total if total else 0.0
 
 

@@ -39,6 +39,16 @@ def test_census_counts_layers():
 def test_linear_fraction_tells_where_qlora_applies():
     mlp = small_mlp()  # 784x256 + 256x10 weights, 256 + 10 biases
     assert linear_weight_fraction(mlp) == pytest.approx((784 * 256 + 256 * 10) / (784 * 256 + 256 * 10 + 266))
-    resnet = resnet50()
-    assert 0.05 < linear_weight_fraction(resnet) < 0.1  # only the 2048 x 1000 classifier: 2.05 M of 25.6 M
+    import torch
+
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            resnet = resnet50()
+        # only the 2048 x 1000 classifier: 2.05 M of 25.6 M
+        assert linear_weight_fraction(resnet) == pytest.approx(2048 * 1000 / 25_557_032)
+    llama = tiny_llama()  # tied embeddings: the lm_head is skipped, the table counted once
+    n_embed = llama.config.vocab_size * llama.config.hidden_size
+    total = sum(p.numel() for p in llama.parameters())
+    norms = (2 * llama.config.num_hidden_layers + 1) * llama.config.hidden_size
+    assert linear_weight_fraction(llama) == pytest.approx((total - n_embed * (1 + (not llama.config.tie_word_embeddings)) - norms) / total)
     assert linear_weight_fraction(nn.Sequential(nn.ReLU())) == 0.0
