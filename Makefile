@@ -27,8 +27,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 # Offline: MathJax, require.js and the widget manager come from book/offline/.
 # A notebook cell error fails the build (execute.raise_on_error in _config.yml).
+# --all rewrites every page so that each one's navigation lists new chapters; notebooks
+# are still re-executed only when their code changed (jupyter-cache in _build/).
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --builder html
+	$(VENV)/bin/jupyter-book build . --builder html --all
 	@echo "Book built: open $(CURDIR)/_build/html/index.html"
 
 # Debian's Chromium for tests/test_book.py (Playwright drives it; it downloads nothing).

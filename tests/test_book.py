@@ -262,6 +262,12 @@ def _visit(context, url: str, screenshot: Path | None = None) -> PageReport:
     report.raw_tex = page.evaluate(RAW_TEX_JS)
     report.images = page.evaluate(IMAGES_JS)
     if screenshot is not None:
+        # Show what this test is about: the first widget (or figure) of the page.
+        for showcase in (WIDGET_VIEW, ".cell_output img"):
+            if page.locator(showcase).count():
+                page.locator(showcase).first.scroll_into_view_if_needed()
+                page.mouse.wheel(0, -200)
+                break
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=False)
     page.close()

@@ -1,9 +1,9 @@
 /* qlora-lab: let the vendored @jupyter-widgets/html-manager work offline with MathJax 3.
  *
  * Loaded just before embed-amd.js (see nb_ipywidgets_js in _config.yml):
- * 1. embed-amd.js resolves its font files against the AMD module id, i.e. relative to
- *    the page; map that id onto this folder (and set __jupyter_widgets_assets_path__,
- *    which the other bundles in embed-amd.js read).
+ * 1. embed-amd.js resolves its font files against the AMD module ids, i.e. relative to
+ *    the page; map those ids onto this folder (and set __jupyter_widgets_assets_path__,
+ *    which some of the bundles in embed-amd.js read).
  * 2. html-manager typesets widget labels with the MathJax 2 API (MathJax.Hub.Queue);
  *    the book loads MathJax 3, so map that call onto MathJax.typesetPromise.
  */
@@ -12,9 +12,14 @@
   var here = document.currentScript.src;
   var folder = here.slice(0, here.lastIndexOf("/") + 1);
   window.__jupyter_widgets_assets_path__ = folder;
-  // libembed-amd computes its webpack public path from its AMD module URI instead.
+  // The bundles in embed-amd.js compute their webpack public path (where the Font
+  // Awesome fonts are) from their AMD module URI: map every module id into this folder.
   if (window.requirejs) {
-    window.requirejs.config({ paths: { "@jupyter-widgets/html-manager/dist": folder.slice(0, -1) } });
+    var paths = { "@jupyter-widgets/html-manager/dist": folder.slice(0, -1) };
+    ["base", "base7", "controls", "controls7", "output", "html-manager"].forEach(function (name) {
+      paths["@jupyter-widgets/" + name] = folder + name;
+    });
+    window.requirejs.config({ paths: paths });
   }
 
   function typeset(element) {
