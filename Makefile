@@ -35,6 +35,7 @@ book: $(STAMP)
 
 # Debian's Chromium for tests/test_book.py (Playwright drives it; it downloads nothing).
 CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 browser:
 	@test -x $(CHROMIUM) || { \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Another build folder can be checked with QLORA_LAB_BOOK_HTML=path/to/_build/html.
 HTML_DIR = Path(os.environ.get("QLORA_LAB_BOOK_HTML", ROOT / "_build" / "html")).resolve()
 SCREENSHOT_DIR = HTML_DIR.parent / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make browser` installs it
+# Debian's package (`make browser` installs it); elsewhere: make CHROMIUM=/path/to/chrome test
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
