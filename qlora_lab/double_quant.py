@@ -39,6 +39,19 @@ LUT_SIZE = 65536  # entries of bitsandbytes' CPU lookup table over [-1, 1]
 def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
     """The 256 values of bitsandbytes' dynamic 8-bit code, sorted (``create_dynamic_map``).
 
+    Cached: returns a fresh copy of the table built by :func:`build_dynamic_map`.
+    """
+    return _dynamic_map_cached(signed, max_exponent_bits, total_bits).clone()
+
+
+@lru_cache(maxsize=4)
+def _dynamic_map_cached(signed: bool, max_exponent_bits: int, total_bits: int) -> torch.Tensor:
+    return build_dynamic_map(signed, max_exponent_bits, total_bits)
+
+
+def build_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """The 256 values of bitsandbytes' dynamic 8-bit code, sorted (``create_dynamic_map``).
+
     Dettmers 2016 ("8-Bit Approximations for Parallelism in Deep Learning"): after the
     sign bit, the number of leading zero bits is a decimal exponent (10^0 .. 10^-6) and
     the bits after the first 1 are a linear fraction in [0.1, 1]. Small magnitudes get
@@ -106,26 +119,30 @@ def quantize_blockwise_8bit(
     flat = x.reshape(-1).float()
     n = flat.numel()
     n_blocks = math.ceil(n / blocksize)
-    blocks = torch.nn.functional.pad(flat, (0, n_blocks * blocksize - n)).view(n_blocks, blocksize)
+    if n % blocksize:
+        flat = torch.nn.functional.pad(flat, (0, n_blocks * blocksize - n))
+    blocks = flat.view(n_blocks, blocksize)
     absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
     inv = torch.where(absmax > 0, 1.0 / absmax, torch.zeros_like(absmax))
     normed = (blocks * inv.unsqueeze(1)).clamp_(-1.0, 1.0)  # (n_blocks, blocksize)
-    # Same float32 steps as the C++ kernel: ((v + 1) * 0.5) * 65535 + 0.5, truncated.
-    grid_index = (((normed + 1.0) * 0.5) * (LUT_SIZE - 1) + 0.5).to(torch.int64)
-    codes = _lookup_table(code.float().contiguous().numpy().tobytes())[grid_index]
-    codes[absmax == 0] = 0  # bitsandbytes writes code 0 for an all-zero block
-    return codes.reshape(-1)[:n].view(x.shape), absmax
+    # The C++ kernel's float32 steps: ((v + 1) * 0.5) * 65535 + 0.5, truncated. (v + 1) * 0.5
+    # is exact, so one multiplication by 32767.5 rounds identically.
+    grid_index = normed.add_(1.0).mul_((LUT_SIZE - 1) / 2).add_(0.5).to(torch.int32)
+    codes = _lookup_table(code.float().contiguous().numpy().tobytes()).index_select(0, grid_index.view(-1))
+    codes.view(n_blocks, blocksize)[absmax == 0] = 0  # bnb writes code 0 for an all-zero block
+    return codes[:n].view(x.shape), absmax
 
 
 def dequantize_blockwise_8bit(
     codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int = DQ_BLOCKSIZE
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_blockwise_8bit`: ``code[q] * absmax`` (float32)."""
-    values = code[codes.reshape(-1).long()]
-    n = values.numel()
-    n_blocks = absmax.numel()
-    values = torch.nn.functional.pad(values, (0, n_blocks * blocksize - n)).view(n_blocks, blocksize)
-    return (values * absmax.unsqueeze(1)).reshape(-1)[:n].view(codes.shape)
+    values = code.index_select(0, codes.reshape(-1).to(torch.int32))  # (n,) float32, fresh
+    n_full = values.numel() // blocksize
+    values[: n_full * blocksize].view(n_full, blocksize).mul_(absmax[:n_full].unsqueeze(1))
+    if n_full * blocksize < values.numel():  # the last, partial block
+        values[n_full * blocksize :].mul_(absmax[n_full])
+    return values.view(codes.shape)
 
 
 # ----------------------------------------------------------------------------- absmax constants
@@ -159,7 +176,7 @@ def dequantize_absmax(
     blocksize: int = DQ_BLOCKSIZE,
 ) -> torch.Tensor:
     """Recover float32 first-level constants: ``code[q] * absmax2 + offset``."""
-    return dequantize_blockwise_8bit(qabsmax, absmax2, code, blocksize) + offset
+    return dequantize_blockwise_8bit(qabsmax, absmax2, code, blocksize).add_(offset)
 
 
 # ----------------------------------------------------------------------------- memory accounting
