@@ -203,8 +203,9 @@ def test_config_loads_with_every_key():
     assert config.ClearSolutions.code_stub["python"].endswith("raise NotImplementedError()")
 
 
-def test_nbgrader_saw_the_course_id(graded):
+def test_nbgrader_saw_the_course_id_and_registered_every_lab(graded):
     assert graded.course_ids == {COURSE_ID}
+    assert grading.registered_labs(graded.work) == set(LABS)
 
 
 # --------------------------------------------------------------------- source labs
