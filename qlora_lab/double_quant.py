@@ -128,7 +128,8 @@ def quantize_blockwise_8bit(
     # The C++ kernel's float32 steps: ((v + 1) * 0.5) * 65535 + 0.5, truncated. (v + 1) * 0.5
     # is exact, so one multiplication by 32767.5 rounds identically.
     grid_index = normed.add_(1.0).mul_((LUT_SIZE - 1) / 2).add_(0.5).to(torch.int32)
-    codes = _lookup_table(code.float().contiguous().numpy().tobytes()).index_select(0, grid_index.view(-1))
+    lut = _lookup_table(code.detach().float().cpu().contiguous().numpy().tobytes()).to(x.device)
+    codes = lut.index_select(0, grid_index.view(-1))
     codes.view(n_blocks, blocksize)[absmax == 0] = 0  # bnb writes code 0 for an all-zero block
     return codes[:n].view(x.shape), absmax
 
@@ -137,7 +138,7 @@ def dequantize_blockwise_8bit(
     codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int = DQ_BLOCKSIZE
 ) -> torch.Tensor:
     """Inverse of :func:`quantize_blockwise_8bit`: ``code[q] * absmax`` (float32)."""
-    values = code.index_select(0, codes.reshape(-1).to(torch.int32))  # (n,) float32, fresh
+    values = code.to(codes.device).index_select(0, codes.reshape(-1).to(torch.int32))  # (n,), fresh
     n_full = values.numel() // blocksize
     values[: n_full * blocksize].view(n_full, blocksize).mul_(absmax[:n_full].unsqueeze(1))
     if n_full * blocksize < values.numel():  # the last, partial block
@@ -163,7 +164,7 @@ def quantize_absmax(
         second-level absmax, and the 256-value dynamic code used.
     """
     offset = absmax.mean()  # same reduction as bitsandbytes (torch mean, float32)
-    code = dynamic_map()
+    code = dynamic_map().to(absmax.device)
     qabsmax, absmax2 = quantize_blockwise_8bit(absmax - offset, code, blocksize)
     return qabsmax, offset, absmax2, code
 

@@ -5,9 +5,10 @@ A 4-bit code is an index into a table of 16 values in [-1, 1]. Quantizing a bloc
 by the index of the nearest table entry, and store two indices per byte. The table is the
 whole difference between the formats:
 
-* **NF4** (NormalFloat, QLoRA paper §3): quantiles of N(0, 1), so that each of the 16 codes
-  is used equally often by normally distributed weights: the information-theoretically
-  good choice for them. Asymmetric: 7 negative levels, an exact 0, 8 positive levels.
+* **NF4** (NormalFloat, QLoRA paper §3): quantiles of N(0, 1), so that normally distributed
+  weights use the 16 codes about equally often (each bin holds about the same probability
+  mass), which wastes no code on rare values. Asymmetric: 7 negative levels, an exact 0,
+  8 positive levels.
 * **FP4** (E2M1 in bitsandbytes' encoding): a tiny float, sign + 2 exponent bits + 1
   mantissa bit; levels are dense near 0 and sparse near ±1 (log-like).
 * **INT4**: 15 evenly spaced levels, the absmax scheme of :mod:`qlora_lab.absmax` at 4 bits.
@@ -15,6 +16,20 @@ whole difference between the formats:
 ``quantize_4bit`` / ``dequantize_4bit`` reproduce ``bitsandbytes.functional.quantize_4bit``
 / ``dequantize_4bit`` exactly for "nf4" and "fp4" (same packed bytes, same constants,
 same output): see tests/test_nf4.py.
+
+What bitsandbytes 0.50.2 does on CPU, checked by the tests and copied where it matters:
+
+* nearest code: binary search (``torch.bucketize``) on the midpoints between sorted levels,
+  a value exactly on a midpoint going to the lower level; FP4's table is unsorted;
+* full blocks are multiplied by ``1 / absmax``, but the last partial block is *divided* by
+  its absmax, and that absmax is stored floored at 1e-38 (so an all-zero tail is not 0/0);
+* an odd element count is padded with the code of 0.0; the first element of each pair goes
+  in the high nibble; ``packed`` has shape ``(ceil(n/2), 1)``;
+* double quantization uses a C++ kernel that rounds through a 65,536-entry lookup table
+  (see :mod:`qlora_lab.double_quant`);
+* ``dequantize_4bit`` returns shape ``(1, n)`` for a 1-D input, and its C++ kernel gives
+  wrong values for a multi-row tensor whose last dimension is not a multiple of the
+  blocksize (e.g. (8, 48) with blocksize 64); its PyTorch fallback, which we match, is right.
 
 Usage::
 
@@ -190,7 +205,8 @@ def _decode(packed: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None =
     if flat.numel() % 2:
         flat = torch.nn.functional.pad(flat, (0, 1))
     words = flat.view(torch.uint16).to(torch.int32)  # (n_bytes / 2,) in 0..65535
-    table = _byte_pair_table(code.float().contiguous().numpy().tobytes())  # (65536, 4)
+    table = _byte_pair_table(code.detach().float().cpu().contiguous().numpy().tobytes())  # (65536, 4)
+    table = table.to(flat.device)
     # Each row (4 float32 = 16 bytes) is gathered as one complex128 element: a 1-D
     # index_select moves whole 16-byte items, faster than copying 4-float rows.
     table = table.view(torch.complex128).view(-1)
@@ -252,14 +268,14 @@ def nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     midpoints and the values, and cell order follows value order, so ties and values on a
     cell edge get exactly bucketize's answer (tests check it).
     """
-    tables = _grid_tables(code.float().contiguous().numpy().tobytes())
+    tables = _grid_tables(code.detach().float().cpu().contiguous().numpy().tobytes())
     if tables is None:
-        return nearest_code_bucketize(scaled, code)
-    below, threshold, order = tables
+        return nearest_code_bucketize(scaled, code.to(scaled.device))
+    below, threshold, order = (t.to(scaled.device) for t in tables)
     cell = _grid_cell(scaled)
     position = below.index_select(0, cell)  # uint8
     position += scaled > threshold.index_select(0, cell)
-    if bool((order != torch.arange(16, dtype=torch.uint8)).any()):
+    if bool((order.cpu() != torch.arange(16, dtype=torch.uint8)).any()):
         position = order.index_select(0, position.to(torch.int32))  # sorted -> stored code
     return position
 
@@ -311,11 +327,11 @@ def quantize_4bit(
     if x.numel() == 0:
         raise ValueError("x must not be empty")
     n = x.numel()
-    code = codebook(quant_type)
+    code = codebook(quant_type).to(x.device)
     blocks = _blocks(x.detach(), blocksize)  # (n_blocks, blocksize)
     n_blocks = blocks.shape[0]
-    absmax = torch.empty(n_blocks)  # (n_blocks,)
-    codes = torch.empty(n_blocks * blocksize + 1, dtype=torch.uint8)  # +1: odd-count padding
+    absmax = torch.empty(n_blocks, device=x.device)  # (n_blocks,)
+    codes = torch.empty(n_blocks * blocksize + 1, dtype=torch.uint8, device=x.device)  # +1: odd-count pad
     rows = _chunk_rows(blocksize)
     for first in range(0, n_blocks, rows):
         chunk = blocks[first : first + rows]  # (rows, blocksize)
@@ -334,7 +350,7 @@ def quantize_4bit(
     if not math.isfinite(absmax.max().item()):
         raise ValueError("x contains NaN or inf: quantization needs finite values")
     if n % 2:  # an odd count is padded with the code of 0.0, as bitsandbytes does
-        codes[n] = nearest_code(torch.zeros(1), code)[0]
+        codes[n] = nearest_code(torch.zeros(1, device=x.device), code)[0]
     packed = pack_4bit(codes[: n + n % 2])
     state = QuantState(
         absmax=absmax,
@@ -368,13 +384,14 @@ def dequantize_4bit(packed: torch.Tensor, state: QuantState) -> torch.Tensor:
         )
     n, blocksize = math.prod(state.shape), state.blocksize
     flat = packed.reshape(-1).view(torch.uint8)
-    decoded = torch.empty(4 * math.ceil(n / 4))  # float32, 4 values per 2 packed bytes
-    out = decoded if state.dtype == torch.float32 else torch.empty(n, dtype=state.dtype)
+    decoded = torch.empty(4 * math.ceil(n / 4), device=flat.device)  # float32, 4 per 2 bytes
+    out = decoded if state.dtype == torch.float32 else torch.empty(n, dtype=state.dtype, device=flat.device)
     rows = _chunk_rows(blocksize)
     for first in range(0, math.ceil(n / blocksize), rows):
         start, stop = first * blocksize, min((first + rows) * blocksize, n)  # start % 4 == 0
         chunk_bytes = flat[start // 2 : (stop + 1) // 2]
-        values = _decode(chunk_bytes, state.code, decoded[start : start + 4 * math.ceil(len(chunk_bytes) / 2)])
+        target = decoded[start : start + 4 * math.ceil(len(chunk_bytes) / 2)]  # 4 per 2 bytes
+        values = _decode(chunk_bytes, state.code, target)
         values = values[: stop - start]
         full = (stop - start) // blocksize  # complete blocks in this chunk
         values[: full * blocksize].view(full, blocksize).mul_(absmax[first : first + full].unsqueeze(1))

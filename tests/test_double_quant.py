@@ -105,7 +105,8 @@ def test_bits_per_param_matches_a_real_bitsandbytes_quant_state(double_quant):
 def test_our_state_holds_the_same_bytes_as_bitsandbytes(double_quant):
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(1))
     ours = quant_state_breakdown(*quantize_4bit(w, "nf4", 64, double_quant))
-    theirs = quant_state_breakdown(*F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant))
+    bnb_packed, bnb_state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    theirs = quant_state_breakdown(bnb_packed, bnb_state)
     assert ours == theirs
 
 

@@ -61,7 +61,8 @@ def _bnb_reference_dequantize(packed: torch.Tensor, state) -> torch.Tensor:
     if state.nested:
         absmax = F.dequantize_blockwise(state.absmax, state.state2) + state.offset
     code = F.get_4bit_type(state.quant_type, device="cpu")
-    return _dequantize_4bit_compute(packed.reshape(-1), absmax, code, state.blocksize, state.shape, state.dtype)
+    flat = packed.reshape(-1)
+    return _dequantize_4bit_compute(flat, absmax, code, state.blocksize, state.shape, state.dtype)
 
 
 # ----------------------------------------------------------------------------- codebooks
@@ -229,7 +230,9 @@ def test_chunked_processing_equals_bitsandbytes(monkeypatch, quant_type, double_
     monkeypatch.setattr(qlora_lab.nf4, "CHUNK_ELEMENTS", 1024)  # 16 blocks of 64 per chunk
     x = torch.randn(37, 301, generator=torch.Generator().manual_seed(11))  # 11137: odd, partial
     packed, state = quantize_4bit(x, quant_type, 64, double_quant)
-    bnb_packed, bnb_state = F.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
+    bnb_packed, bnb_state = F.quantize_4bit(
+        x, blocksize=64, quant_type=quant_type, compress_statistics=double_quant
+    )
     assert torch.equal(packed, bnb_packed)
     assert torch.equal(dequantize_4bit(packed, state), F.dequantize_4bit(bnb_packed, bnb_state))
     bf16 = dequantize_4bit(packed, QuantState(**{**vars(state), "dtype": torch.bfloat16}))
