@@ -45,7 +45,7 @@ browser:
 	  fi; }
 
 # The book is rebuilt first so that tests/test_book.py always checks a fresh site.
-test: $(STAMP) book browser
+test: $(STAMP) browser book
 	$(PY) -m pytest
 
 lab: $(STAMP)
