@@ -53,6 +53,7 @@ WIDGET_VIEW_JSON = "application/vnd.jupyter.widget-view+json"
 WIDGET_VIEW = ".widget-subarea > .jupyter-widgets"
 MATHJAX_STARTED = "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
 WAIT_TIMEOUT_MS = 10_000
+SEARCH_HIT = "#search-results ul.search li"
 
 # Any of these in a built page means a reader offline gets a broken page.
 CDN_URL = re.compile(
@@ -95,12 +96,12 @@ def _fail_missing(what: str, fix: str) -> None:
 
 
 def course_pages() -> list[Path]:
-    """Every page a student reads: home, book pages, notebook chapters."""
+    """Every page a student reads: home, book pages, notebook chapters, search."""
     if not (HTML_DIR / "book" / "index.html").is_file():
         return []
     pages = sorted((HTML_DIR / "book").glob("*.html"))
     pages += sorted((HTML_DIR / "notebooks").glob("*.html"))
-    return pages
+    return pages + [HTML_DIR / "search.html"]
 
 
 def built_html_files() -> list[Path]:
@@ -222,6 +223,7 @@ class PageReport:
     images: list[dict] = field(default_factory=list)
     widget_views_expected: int = 0
     widget_views: int = 0
+    search_hits: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +262,12 @@ def _visit(context, url: str, screenshot: Path | None = None) -> PageReport:
             page.evaluate("() => MathJax.startup.promise")
         if report.widget_views_expected:
             page.wait_for_selector(WIDGET_VIEW, timeout=WAIT_TIMEOUT_MS)
+        if "search.html?q=" in url:
+            page.wait_for_selector(SEARCH_HIT, timeout=WAIT_TIMEOUT_MS)
     except PlaywrightTimeout as exc:  # reported by the tests below, page by page
         report.js_errors.append(f"timed out waiting for MathJax or widgets: {exc.message}")
     report.widget_views = page.locator(WIDGET_VIEW).count()
+    report.search_hits = page.locator(SEARCH_HIT).count()
     report.math = page.locator("mjx-container").count()
     report.raw_tex = page.evaluate(RAW_TEX_JS)
     report.images = page.evaluate(IMAGES_JS)
@@ -297,7 +302,8 @@ def reports(site, browser_context) -> dict[str, PageReport]:
             shot = SCREENSHOT_DIR / "accueil.png"
         elif page == showcase:
             shot = SCREENSHOT_DIR / f"{page.stem}.png"
-        result[_relative(page)] = _visit(browser_context, f"{site}/{_relative(page)}", shot)
+        query = "?q=quantification" if page.name == "search.html" else ""  # run a search
+        result[_relative(page)] = _visit(browser_context, f"{site}/{_relative(page)}{query}", shot)
     return result
 
 
@@ -344,6 +350,11 @@ def test_widgets_render_offline(reports):
         if r.widget_views < r.widget_views_expected
     }
     assert not missing, f"widget views rendered / expected: {missing}"
+
+
+def test_search_finds_course_pages(reports):
+    hits = reports["search.html"].search_hits
+    assert hits >= 3, f"searching 'quantification' found {hits} pages"
 
 
 def test_screenshots_saved(reports):
