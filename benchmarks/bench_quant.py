@@ -1,6 +1,6 @@
 """Time our 4-bit quantization against bitsandbytes' CPU path, in the same run.
 
-    .venv/bin/python benchmarks/bench_quant.py              # 4096x4096 float32, NF4, 7 repeats
+    .venv/bin/python benchmarks/bench_quant.py              # 4096x4096 float32, NF4, 11 repeats
     .venv/bin/python benchmarks/bench_quant.py --threads 1  # single-threaded, both sides
     .venv/bin/python benchmarks/bench_quant.py --save       # also write benchmarks/results/bench_quant.json
 
@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096, help="matrix side (default 4096)")
     parser.add_argument("--quant-type", default="nf4", choices=["nf4", "fp4"])
     parser.add_argument("--blocksize", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--save", action="store_true", help=f"write {BENCHMARK_RESULTS_DIR}/bench_quant.json")
     args = parser.parse_args()
