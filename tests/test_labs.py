@@ -52,7 +52,7 @@ PARTIAL = {
     "01_quantification_blocs": Breakage("q2_code", LOOP_FOREVER, ("q2_tests",), "q4_code", "q4_tests"),
     "02_nf4_double_quant": Breakage("q3_code", RAISES, ("q3_tests",), "q4_code", "q4_tests"),
     "03_flops_memoire": Breakage("q2_code", RAISES, ("q2_tests",), "q4_code", "q4_tests"),
-    "04_finetuning_qlora": Breakage("q4_code", RAISES, ("q4_tests",), "q2_code", "q2_tests"),
+    "04_finetuning_qlora": Breakage("q4_entrainement", RAISES, ("q4_tests",), "q2_code", "q2_tests"),
 }
 
 
@@ -236,7 +236,10 @@ def test_release_has_no_solution_and_no_hidden_test(graded, lab):
     hidden = region_lines(source, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
     solution = region_lines(source, "BEGIN SOLUTION", "END SOLUTION")
     assert hidden and solution
-    leaked = [line for line in hidden + solution if line in text]
+    code = "\n".join(c.source for c in released.cells if c.cell_type == "code")
+    # statements may quote an API call that a solution also uses: solutions are looked
+    # for in the code cells, hidden tests everywhere
+    leaked = [line for line in solution if line in code] + [line for line in hidden if line in text]
     assert not leaked, f"released notebook leaks: {leaked[:3]}"
     regions = sum(c.source.count("### BEGIN SOLUTION") for c in source.cells if c.cell_type == "code")
     assert text.count("# VOTRE CODE ICI") == regions
