@@ -233,7 +233,7 @@ def load_model(
     quant = quantization_config(quantization, double_quant, compute_dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=compute_dtype, quantization_config=quant, device_map={"": device}
+            name, dtype=compute_dtype, quantization_config=quant, device_map={"": str(device)}
         )
     except OSError as error:
         raise _offline_error(name, error) from error

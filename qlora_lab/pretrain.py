@@ -128,7 +128,8 @@ def sample_generations(model, tokenizer, prompts: list[str], max_new_tokens: int
     return outputs
 
 
-SAMPLE_PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_python_files(path):\n", "class Stack:\n    def __init__(self):\n"]
+# No trailing newline: "\n" + indentation is one token, so the model should choose it.
+SAMPLE_PROMPTS = ["def fibonacci(n):", "import os\n\n\ndef list_python_files(path):", "class Stack:\n    def __init__(self):"]
 
 
 def write_curve(curve: list[dict], output_dir: Path) -> None:
@@ -409,7 +410,7 @@ def write_model_card(model_dir: Path) -> dict[str, float]:
     """Measure bf16/NF4 quality and write README.md next to the model; returns the quality."""
     summary = json.loads((model_dir / "training_summary.json").read_text())
     curve = json.loads((model_dir / "curve.json").read_text())
-    quality = measure_quality(model_dir)
+    quality = summary.get("quality_bits_per_byte") or measure_quality(model_dir)
     summary["quality_bits_per_byte"] = quality
     (model_dir / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     size_mb = sum(p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md") / 2**20
