@@ -88,20 +88,32 @@ def train_classifier(model: nn.Module, task: Task, epochs: int = 10, lr: float =
     """Plain AdamW + cross-entropy; returns the mean training loss of each epoch."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    return fit_epochs(model, task.x_train, task.y_train, nn.functional.cross_entropy, opt,
+                      epochs, batch_size, seed)
+
+
+def fit_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, opt: torch.optim.Optimizer,
+               epochs: int, batch_size: int, seed: int, schedule=None) -> list[float]:
+    """Shuffled mini-batch training on one thread; the mean loss of each epoch.
+
+    `schedule`, if given, steps after every optimizer step. Leaves the model in eval mode.
+    """
+    gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
     with single_thread():
         for _ in range(epochs):
-            order = torch.randperm(len(task.x_train), generator=gen)
+            order = torch.randperm(len(x), generator=gen)
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                loss = nn.functional.cross_entropy(model(task.x_train[idx]), task.y_train[idx])
+                loss = loss_fn(model(x[idx]), y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if schedule is not None:
+                    schedule.step()
                 total += float(loss.detach()) * len(idx)
             losses.append(total / len(order))
     model.eval()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from qlora_lab.absmax import fake_quantize
-from qlora_lab.ptq import make_mlp, single_thread
+from qlora_lab.ptq import fit_epochs, make_mlp
 
 
 def ste_fake_quantize(w: torch.Tensor, bits: int = 4, granularity: str = "tensor") -> torch.Tensor:
@@ -116,27 +116,11 @@ def train_regressor(model: nn.Module, task: RegressionTask, epochs: int = 40, lr
     """Adam with a cosine learning-rate decay on the mean squared error; loss per epoch."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(task.x_train) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
-    losses = []
-    model.train()
-    with single_thread():
-        for _ in range(epochs):
-            order = torch.randperm(len(task.x_train), generator=gen)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                loss = nn.functional.mse_loss(model(task.x_train[idx]), task.y_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                schedule.step()
-                total += float(loss.detach()) * len(idx)
-            losses.append(total / len(order))
-    model.eval()
-    return losses
+    return fit_epochs(model, task.x_train, task.y_train, nn.functional.mse_loss, opt,
+                      epochs, batch_size, seed, schedule)
 
 
 @torch.no_grad()
