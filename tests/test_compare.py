@@ -11,7 +11,7 @@ def test_compare_modes_on_the_embedded_model(tmp_path):
                          batch_size=2, seq_len=64, eval_examples=2)
     assert [r["mode"] for r in rows] == ["full", "lora", "qlora"]
     full, lora, qlora = rows
-    assert full["trainable_params"] > 50 * lora["trainable_params"]
+    assert full["trainable_params"] > 20 * lora["trainable_params"]
     assert lora["trainable_params"] == qlora["trainable_params"]
     assert all(r["peak_memory_mb"] > 0 and r["s_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     table = (tmp_path / "compare.md").read_text()
