@@ -30,7 +30,8 @@ from qlora_lab.data import Example, build_examples, collate
 from qlora_lab.memory_usage import peak_memory_mb, reset_peak_memory
 
 MODES = ("full", "lora", "qlora")
-OPTIMIZERS = ("adamw", "paged_adamw_8bit", "paged_adamw_32bit")
+PAGED_OPTIMIZERS = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}  # bnb.optim
+OPTIMIZERS = ("adamw", *PAGED_OPTIMIZERS)
 SCHEDULES = ("cosine", "linear", "constant")
 # Every linear layer of a Llama block: the QLoRA paper (§4) needs all of them to match full fine-tuning.
 LLAMA_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -188,15 +189,11 @@ def make_optimizer(params, config: FinetuneConfig, device: torch.device):
     if config.optimizer.startswith("paged_") and device.type != "cuda":
         warnings.warn(f"optimizer={config.optimizer!r} pages optimizer states through CUDA unified "
                       "memory and needs a GPU: using 'adamw' on this CPU.", stacklevel=2)
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "paged_adamw_8bit":
+    elif config.optimizer in PAGED_OPTIMIZERS:
         from qlora_lab._bnb import import_bnb
 
-        return import_bnb().optim.PagedAdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "paged_adamw_32bit":
-        from qlora_lab._bnb import import_bnb
-
-        return import_bnb().optim.PagedAdamW32bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        paged = getattr(import_bnb().optim, PAGED_OPTIMIZERS[config.optimizer])
+        return paged(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
