@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import time
 
 import torch
 
 from qlora_lab.compare import compare_modes
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
+from qlora_lab.sysinfo import cpu_model_and_flags
 
 SPEED = dict(batch_size=8, seq_len=128, eval_examples=8)
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--quality-steps", type=int, default=60)
     parser.add_argument("--output-dir", default="runs/bench_finetune")
     args = parser.parse_args()
+    load_1min = os.getloadavg()[0]  # other work on the machine skews timings
 
     rows = compare_modes(("lora", "qlora"), steps=args.steps, output_dir=f"{args.output_dir}/speed", **SPEED)
     lora, qlora = rows
@@ -42,7 +44,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     s = result.summary
     report = {
-        "device": s["device"], "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": s["device"], "cpu": cpu_model_and_flags()[0], "load_avg_1min_at_start": load_1min, "threads": torch.get_num_threads(),
         "lora_s_per_step": lora["s_per_step"], "qlora_s_per_step": qlora["s_per_step"], "qlora_over_lora": ratio,
         "quality_steps": args.quality_steps, "quality_train_s": s["s_per_step"] * s["steps"], "quality_wall_s": wall,
         "val_loss_before": s["val_loss_before"], "val_loss_after": s["val_loss_after"],

@@ -9,3 +9,9 @@ modules that need them, so ``import qlora_lab`` is instant.
 """
 
 __version__ = "0.1.0"
+
+# Whatever imports bitsandbytes first (transformers does, e.g. for its optimizers), its
+# harmless CPU start-up message must not reach students: set the log levels now (cheap).
+from qlora_lab._bnb import quiet_bnb_logs as _quiet_bnb_logs
+
+_quiet_bnb_logs()

@@ -44,3 +44,10 @@ def test_finetune_malformed_data_names_the_line(tmp_path):
                            "--data", str(data), "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "line 2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bitsandbytes_startup_noise_never_reaches_students():
+    """transformers imports bitsandbytes on its own; importing qlora_lab first keeps it quiet."""
+    code = "import qlora_lab.finetune\nfrom transformers import get_scheduler\nimport bitsandbytes"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Failed to load CPU gemm_4bit_forward" not in proc.stdout + proc.stderr
