@@ -33,12 +33,17 @@ SHAPES = {
 COLUMNS = ("mode", "peak_memory_mb", "s_per_step", "tokens_per_s", "val_loss_before", "val_loss_after", "trainable_params")
 
 
-def run_worker(args: list[str], timeout: float | None = None) -> dict:
-    """Run `python -m qlora_lab.cli ...` or a random-init worker; its last stdout line is JSON."""
+def run_python(args: list[str], timeout: float | None = None) -> str:
+    """Run `python ARGS` in a fresh process (its own peak memory); its stdout, or a clear error."""
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def run_worker(args: list[str], timeout: float | None = None) -> dict:
+    """`run_python` for a worker whose last stdout line is JSON."""
+    return json.loads(run_python(args, timeout).strip().splitlines()[-1])
 
 
 def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: str | Path = "runs/compare",
@@ -56,9 +61,7 @@ def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: s
         run_dir = output_dir / mode
         extra = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
         cmd = ["-m", "qlora_lab.cli", "finetune", f"--mode={mode}", f"--max-steps={steps}", f"--output-dir={run_dir}", *extra]
-        proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{mode} fine-tune failed:\n{proc.stderr[-2000:]}")
+        run_python(cmd)
         summary = json.loads((run_dir / "summary.json").read_text())
         rows.append({k: summary[k] for k in COLUMNS} | {"device": summary["device"], "memory_kind": summary["memory_kind"]})
     write_tables(rows, output_dir, title=f"Embedded model, {steps} steps")
