@@ -167,8 +167,14 @@ def _offline_error(name: str, error: Exception) -> ModelNotFoundError:
 
 # --- loading --------------------------------------------------------------------------------
 
-def quantization_config(quantization: str, double_quant: bool, compute_dtype: torch.dtype):
-    """transformers' `BitsAndBytesConfig` for a 4-bit load (None for 'none')."""
+def quantization_config(quantization: str, double_quant: bool, compute_dtype: torch.dtype,
+                        quant_storage: torch.dtype = torch.uint8):
+    """transformers' `BitsAndBytesConfig` for a 4-bit load (None for 'none').
+
+    `quant_storage` is the dtype of the tensor that holds the packed 4-bit codes: uint8 (two
+    codes per element) by default; FSDP shards only floating-point tensors, so FSDP-QLoRA
+    stores them in the compute dtype (bf16: four codes per element, the same bytes).
+    """
     _check_quantization(quantization)
     if quantization == "none":
         return None
@@ -179,6 +185,7 @@ def quantization_config(quantization: str, double_quant: bool, compute_dtype: to
         bnb_4bit_quant_type=quantization,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant_storage,
     )
 
 
@@ -188,6 +195,7 @@ def load_model(
     double_quant: bool = True,
     compute_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    quant_storage: torch.dtype = torch.uint8,
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal LM and its tokenizer; 4-bit models come guarded for training.
 
@@ -199,6 +207,9 @@ def load_model(
         compute_dtype: dtype of matmuls (and of the weights for 'none'); default bf16
             where supported (`qlora_lab.device.default_compute_dtype`).
         device: default `qlora_lab.device.default_device()`.
+        quant_storage: container dtype of the packed 4-bit codes (see `quantization_config`);
+            a floating dtype also becomes the dtype of the unquantized weights, as FSDP needs
+            one dtype per sharded group.
 
     Returns:
         (model, tokenizer), the model in eval mode.
@@ -230,10 +241,11 @@ def load_model(
         raise _offline_error(name, error) from error
     _check_vocabulary(tokenizer, config, name)
 
-    quant = quantization_config(quantization, double_quant, compute_dtype)
+    quant = quantization_config(quantization, double_quant, compute_dtype, quant_storage)
+    dtype = quant_storage if quant is not None and quant_storage.is_floating_point else compute_dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=compute_dtype, quantization_config=quant, device_map={"": str(device)}
+            name, dtype=dtype, quantization_config=quant, device_map={"": str(device)}
         )
     except OSError as error:
         raise _offline_error(name, error) from error

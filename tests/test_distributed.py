@@ -1,0 +1,226 @@
+"""Data-parallel fine-tuning: 2 CPU processes (Accelerate multi-CPU, gloo) on the embedded model.
+
+One launch of `qlora-lab finetune --num-processes 2` is shared by several tests (module
+fixture); it is compared with a single process that sees the same global batches. Then a
+process is killed, or frozen, mid-run: the launch must fail with a clear message, fast.
+"""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qlora_lab.distributed import evenly_sharded, launch_command, make_accelerator, rank_slice
+from qlora_lab.finetune import FinetuneConfig, batch_indices, finetune
+from qlora_lab.finetune_cli import args_from_config, config_from_args, configure_parser
+from qlora_lab.models import load_model
+
+TIMEOUT_S = 600
+STEPS, PER_PROCESS_BATCH, SAVE_EVERY = 10, 2, 5
+RUN = dict(max_steps=STEPS, seq_len=64, eval_examples=8, lora_dropout=0.0, save_every=SAVE_EVERY)
+
+
+def _cli(output_dir, *extra):
+    args = args_from_config(FinetuneConfig(batch_size=PER_PROCESS_BATCH, output_dir=str(output_dir), **RUN))
+    return [sys.executable, "-m", "qlora_lab.cli", "finetune", *args, "--num-processes", "2", *extra]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _lora_b(run_dir):
+    """LoRA's B matrices start at zero: after training they are the learned update itself."""
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    return torch.cat([w.flatten().float() for name, w in sorted(weights.items()) if "lora_B" in name])
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    started = time.perf_counter()
+    proc = subprocess.run(_cli(out), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The same global batch (2 x 2 examples) in a single process."""
+    out = tmp_path_factory.mktemp("single")
+    finetune(FinetuneConfig(batch_size=2 * PER_PROCESS_BATCH, output_dir=str(out), **RUN))
+    return out
+
+
+# --- the pieces -----------------------------------------------------------------------------
+
+def test_a_global_batch_is_split_into_disjoint_contiguous_shares():
+    batch = [7, 3, 9, 1, 4, 8]
+    shares = [rank_slice(batch, r, 3) for r in range(3)]
+    assert shares == [[7, 3], [9, 1], [4, 8]]
+    with pytest.raises(ValueError, match="cannot be split over 4 processes"):
+        rank_slice(batch, 0, 4)
+
+
+def test_validation_shards_have_equal_sizes_and_cover_the_kept_examples():
+    shards = [evenly_sharded(list(range(9)), r, 2) for r in range(2)]
+    assert [len(s) for s in shards] == [4, 4]
+    assert sorted(shards[0] + shards[1]) == list(range(8))
+    with pytest.raises(ValueError, match="cannot be shared by 2 processes"):
+        evenly_sharded([1], 0, 2)
+
+
+def test_the_launch_command_rebuilds_the_same_config():
+    import argparse
+
+    config = FinetuneConfig(mode="lora", lora_r=4, resume=True, target_modules=("q_proj", "v_proj"))
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    assert config_from_args(parser.parse_args(args_from_config(config))) == config
+    cmd = launch_command(2, ["--max-steps", "3"], port=29555)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
+    assert cmd[-4:] == ["qlora_lab.cli", "finetune", "--max-steps", "3"]
+
+
+def test_a_missing_accelerate_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist.*ddp.yaml.*fsdp_qlora.yaml"):
+        launch_command(2, [], config_file=tmp_path / "nope.yaml")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_fsdp_without_gpu_is_refused_with_the_way_out(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP needs GPUs.*DDP"):
+        make_accelerator()
+
+
+def test_fsdp_storage_keeps_the_4_bit_codes_in_bf16_with_identical_outputs():
+    """FSDP shards only floating tensors: the same codes in a bf16 container must compute the same."""
+    ids = torch.randint(0, 8000, (2, 32), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for storage in (torch.uint8, torch.bfloat16):
+        model, _ = load_model(None, quant_storage=storage)
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        assert weight.dtype == storage
+        assert weight.numel() * weight.element_size() == 320 * 320 // 2  # 4 bits per weight either way
+        with torch.no_grad():
+            logits[storage] = model(ids).logits
+    assert torch.equal(logits[torch.uint8], logits[torch.bfloat16])
+
+
+# --- two processes ------------------------------------------------------------------------
+
+def test_each_process_trains_on_its_own_examples(two_processes):
+    out, _, _ = two_processes
+    for row in _rows(out / "metrics.jsonl"):
+        first, second = (set(r["examples"]) for r in row["ranks"])
+        assert len(first) == len(second) == PER_PROCESS_BATCH and not first & second, row["step"]
+
+
+def test_the_adapters_are_identical_on_both_processes_after_every_step(two_processes):
+    out, _, _ = two_processes
+    rows = _rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for row in rows:
+        digests = [r["digest"] for r in row["ranks"]]
+        assert [r["rank"] for r in row["ranks"]] == [0, 1]
+        assert digests[0] == digests[1] and re.fullmatch(r"[0-9a-f]{40}", digests[0]), row["step"]
+    assert len({r["ranks"][0]["digest"] for r in rows}) == STEPS  # and they do change every step
+
+
+def test_the_validation_loss_falls(two_processes):
+    out, _, _ = two_processes
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["distributed"] == "MULTI_CPU"
+    assert summary["global_batch"] == 2 * PER_PROCESS_BATCH
+    assert summary["val_loss_after"] < summary["val_loss_before"] - 0.005
+
+
+def test_only_the_main_process_writes_and_reports(two_processes):
+    out, proc, _ = two_processes
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "summary.json"]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{SAVE_EVERY:06d}"]
+    assert len(_rows(out / "metrics.jsonl")) == STEPS  # one line per step, not one per process
+    assert proc.stdout.count("validation loss") == 1
+    assert proc.stderr.count("qlora fine-tune:   0%") == 1  # one progress bar
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(two_processes, one_process):
+    out, _, _ = two_processes
+    n_train = json.loads((out / "summary.json").read_text())["train_examples"]
+    for multi, single in zip(_rows(out / "metrics.jsonl"), _rows(one_process / "metrics.jsonl"), strict=True):
+        together = multi["ranks"][0]["examples"] + multi["ranks"][1]["examples"]
+        assert together == batch_indices(n_train, 2 * PER_PROCESS_BATCH, multi["step"] - 1, seed=0)
+        assert multi["loss"] == pytest.approx(single["loss"], abs=0.02), multi["step"]
+    difference = (_lora_b(out) - _lora_b(one_process)).norm() / _lora_b(one_process).norm()
+    assert difference < 0.05
+
+
+# --- failures -------------------------------------------------------------------------------
+
+def _start_long_run(output_dir, *extra):
+    cmd = _cli(output_dir, "--max-steps", "400", *extra)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _worker(launcher_pid, rank):
+    """The training process of `rank` under the launcher (found by its LOCAL_RANK)."""
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline:
+        for child in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                if "qlora_lab.cli" in " ".join(child.cmdline()) and child.environ().get("LOCAL_RANK") == str(rank):
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    raise TimeoutError(f"no training process of rank {rank}")
+
+
+def _wait_for_steps(metrics, n):
+    deadline = time.time() + TIMEOUT_S
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        assert time.time() < deadline, f"{metrics} never reached {n} steps"
+        time.sleep(0.2)
+
+
+def test_a_killed_process_fails_the_run_at_once_and_the_run_resumes(tmp_path):
+    launch = _start_long_run(tmp_path)
+    _wait_for_steps(tmp_path / "metrics.jsonl", SAVE_EVERY + 2)
+    _worker(launch.pid, 1).kill()
+    killed_at = time.perf_counter()
+    output, _ = launch.communicate(timeout=TIMEOUT_S)
+    assert time.perf_counter() - killed_at < 60
+    assert launch.returncode != 0
+    assert "the multi-process run failed" in output and "Signal 9 (SIGKILL)" in output
+    assert re.search(r"The last checkpoint is \S+step-0000\d\d: continue with --resume", output)
+    assert not (tmp_path / "adapter").exists()
+    # nothing lost: both processes restart from the checkpoint and finish; each step logged once
+    # (to a nearer end than the 400 steps first asked for, to keep the test short)
+    resumed = subprocess.run(_cli(tmp_path, "--max-steps", "30", "--resume"), capture_output=True, text=True,
+                             timeout=TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == list(range(1, 31))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp_path):
+    launch = _start_long_run(tmp_path, "--dist-timeout-s", "5")
+    _wait_for_steps(tmp_path / "metrics.jsonl", 2)
+    frozen = _worker(launch.pid, 1)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        output, _ = launch.communicate(timeout=180)
+    finally:
+        if frozen.is_running():
+            frozen.kill()
+    assert launch.returncode != 0
+    assert "Timed out waiting 5000ms" in output and "the multi-process run failed" in output
