@@ -12,12 +12,14 @@ On a machine without GPU the processes talk through gloo (Accelerate's multi-CPU
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -151,3 +153,29 @@ def describe_exit(code: int) -> str:
     if code < 0:
         return f"killed by signal {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def finetune_in_subprocess(config, num_processes: int | None = None, config_file: str | Path | None = None) -> dict:
+    """`qlora-lab finetune` for `config` in its own process tree; its summary, metrics and wall time.
+
+    With `num_processes` > 1 (or a config file) the run goes through `accelerate launch`:
+    the way to try data parallelism from a notebook, whose own process cannot be the launcher.
+
+    Raises:
+        RuntimeError: the run failed (the end of its output says why).
+    """
+    from qlora_lab.finetune_cli import args_from_config
+
+    cmd = [sys.executable, "-m", "qlora_lab.cli", "finetune", *args_from_config(config)]
+    if num_processes is not None:
+        cmd += ["--num-processes", str(num_processes)]
+    if config_file is not None:
+        cmd += ["--accelerate-config", str(config_file)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the fine-tune failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    output_dir = Path(config.output_dir)
+    metrics = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"summary": json.loads((output_dir / "summary.json").read_text()), "metrics": metrics,
+            "wall_s": time.perf_counter() - started}

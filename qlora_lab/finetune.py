@@ -207,6 +207,22 @@ def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
 
 
+def lora_update_distance(adapter_a: str | Path, adapter_b: str | Path) -> float:
+    """||B_a - B_b|| / ||B_b|| over every LoRA B matrix of two saved adapters.
+
+    B starts at zero (A is random), so B is the update training learned: 0 means the same
+    update, 1 means an error as large as the update itself.
+    """
+    from safetensors.torch import load_file
+
+    def lora_b(adapter_dir) -> torch.Tensor:
+        weights = load_file(Path(adapter_dir) / "adapter_model.safetensors")
+        return torch.cat([w.flatten().float() for name, w in sorted(weights.items()) if "lora_B" in name])
+
+    a, b = lora_b(adapter_a), lora_b(adapter_b)
+    return float((a - b).norm() / b.norm())
+
+
 def make_optimizer(params, config: FinetuneConfig, device: torch.device):
     """AdamW, or a bitsandbytes paged AdamW on CUDA (CPU falls back, with a warning)."""
     if config.optimizer.startswith("paged_") and device.type != "cuda":
