@@ -135,17 +135,21 @@ def launch(num_processes: int | None, finetune_args: list[str], config_file: str
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (num_processes or 2))))
     print("launching:", shlex.join(cmd), flush=True)
     process = subprocess.Popen(cmd, env=env)
+    interrupted = False
     try:
         code = process.wait()
-    except KeyboardInterrupt:  # the processes got the Ctrl-C too and save a checkpoint
+    except KeyboardInterrupt:  # the processes got the Ctrl-C too: the main one saves a checkpoint
+        interrupted = True
         code = process.wait()
+    saved = sorted((Path(output_dir) / "checkpoints").glob("step-*")) if output_dir else []
+    where = f" The last checkpoint is {saved[-1]}: continue with --resume." if saved else ""
+    if interrupted:
+        print(f"qlora-lab finetune: interrupted.{where}", file=sys.stderr)
+        return 130
     if code != 0:
-        saved = sorted((Path(output_dir) / "checkpoints").glob("step-*")) if output_dir else []
-        where = f" The last checkpoint is {saved[-1]}: continue with --resume." if saved else ""
-        reason = describe_exit(code)
-        print(f"qlora-lab finetune: the multi-process run failed ({reason}). The 'Root Cause' "
-              f"above names the process (rank) that failed first; the others were stopped.{where}",
-              file=sys.stderr)
+        print(f"qlora-lab finetune: the multi-process run failed ({describe_exit(code)}). The 'Root Cause' "
+              f"above names the process (rank) that failed first; the others were stopped. (A 'Timed out' "
+              f"error there means another process stopped answering.){where}", file=sys.stderr)
     return code
 
 

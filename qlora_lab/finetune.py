@@ -17,10 +17,12 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -310,6 +312,19 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, ex
     return final
 
 
+@contextmanager
+def sigint_ignored():
+    """Ignore Ctrl-C for the duration (only the main thread can change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
     done = sorted((output_dir / CHECKPOINTS).glob("step-*")) if (output_dir / CHECKPOINTS).is_dir() else []
     return done[-1] if done else None
@@ -489,7 +504,8 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
     except KeyboardInterrupt:
         interrupted = True
         if is_main and not is_fsdp(accelerator):
-            path = save_checkpoint(output_dir, step, inner, optimizer, scheduler, extra)
+            with sigint_ignored():  # a second Ctrl-C (or the launcher passing it on) must not cut the save
+                path = save_checkpoint(output_dir, step, inner, optimizer, scheduler, extra)
             print(f"\nInterrupted: checkpoint saved to {path}. Resume with resume=True (CLI: --resume).")
     finally:
         bar.close()

@@ -6,6 +6,7 @@ process is killed, or frozen, mid-run: the launch must fail with a clear message
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -216,3 +217,16 @@ def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp
             frozen.kill()
     assert launch.returncode != 0
     assert "Timed out waiting 5000ms" in output and "the multi-process run failed" in output
+
+
+def test_ctrl_c_stops_every_process_and_the_main_one_saves_a_checkpoint(tmp_path):
+    launch = subprocess.Popen(_cli(tmp_path, "--max-steps", "400"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _wait_for_steps(tmp_path / "metrics.jsonl", 3)
+    os.killpg(launch.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    output, _ = launch.communicate(timeout=120)
+    assert launch.returncode == 130, output[-3000:]
+    assert output.count("Interrupted: checkpoint saved to") == 1  # the main process only
+    saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert len(saved) == 1 and int(saved[0].removeprefix("step-")) >= 3
+    assert f"interrupted. The last checkpoint is {tmp_path / 'checkpoints' / saved[0]}" in output
