@@ -174,18 +174,27 @@ def base_fingerprint(model) -> dict:
     }
 
 
-def attach_lora(model, config: FinetuneConfig):
-    """Wrap `model` with PEFT LoRA adapters on `config.target_modules`; the base is frozen."""
+def attach_lora(model, config: FinetuneConfig, sharded: bool = False):
+    """Wrap `model` with PEFT LoRA adapters on `config.target_modules`; the base is frozen.
+
+    `sharded` (FSDP): the frozen base keeps one dtype, the 4-bit storage dtype. PEFT's
+    `prepare_model_for_kbit_training` would upcast norms and embeddings to fp32, and FSDP
+    cannot flatten a layer whose tensors mix dtypes (TRL skips it for sharded QLoRA too).
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = sorted(set(config.target_modules) - present)
     if missing:
         raise ValueError(f"target_modules {missing} are not layers of this model")
-    if config.mode == "qlora":
-        # non-reentrant checkpointing: the reentrant kind breaks DDP's gradient hooks
+    # non-reentrant checkpointing: the reentrant kind breaks DDP's gradient hooks
+    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    if config.mode == "qlora" and not sharded:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+                                                **checkpointing)
+    elif config.mode == "qlora" and config.gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(**checkpointing)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -413,7 +422,7 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model = attach_lora(model, config)
+        model = attach_lora(model, config, sharded=is_fsdp(accelerator))
     device = next(model.parameters()).device
     model.train()
     trainable, total = count_parameters(model)

@@ -65,7 +65,9 @@ class UnsupportedQuantizationError(ValueError):
 # --- the AVX512 packing guard -------------------------------------------------------------
 
 def _packed(module) -> bool:
-    return bool(getattr(module.weight.quant_state, "packing_format_for_cpu", False))
+    # FSDP swaps Params4bit for plain tensors; bnb then keeps the state on the module
+    state = getattr(module.weight, "quant_state", None) or getattr(module, "quant_state", None)
+    return bool(getattr(state, "packing_format_for_cpu", False))
 
 
 def _bnb_will_pack(module, x: torch.Tensor) -> bool:

@@ -12,13 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from qlora_lab.distributed import evenly_sharded, launch_command, make_accelerator, rank_slice
-from qlora_lab.finetune import FinetuneConfig, batch_indices, finetune, lora_update_distance
+from qlora_lab.distributed import evenly_sharded, free_port, launch_command, make_accelerator, rank_slice
+from qlora_lab.finetune import (FinetuneConfig, attach_lora, batch_indices, finetune, load_for_mode,
+                               lora_update_distance)
 from qlora_lab.finetune_cli import args_from_config, config_from_args, configure_parser
 from qlora_lab.models import load_model
 
@@ -108,6 +110,37 @@ def test_fsdp_storage_keeps_the_4_bit_codes_in_bf16_with_identical_outputs():
         with torch.no_grad():
             logits[storage] = model(ids).logits
     assert torch.equal(logits[torch.uint8], logits[torch.bfloat16])
+
+
+def _frozen_dtypes_per_layer(model) -> list[set]:
+    """dtypes of each decoder layer's frozen tensors: what FSDP flattens into one unit."""
+    return [{str(p.dtype) for name, p in layer.named_parameters() if "lora_" not in name}
+            for layer in model.base_model.model.model.layers]
+
+
+def test_sharded_qlora_keeps_one_dtype_per_layer_for_fsdp():
+    config = FinetuneConfig(quant_storage="bf16")
+    sharded = attach_lora(load_for_mode(config, torch.device("cpu"))[0], config, sharded=True)
+    assert all(dtypes == {"torch.bfloat16"} for dtypes in _frozen_dtypes_per_layer(sharded))
+    # without it, PEFT's k-bit preparation upcasts the norms: fp32 beside bf16 in one layer
+    plain = attach_lora(load_for_mode(config, torch.device("cpu"))[0], config)
+    assert all(dtypes == {"torch.bfloat16", "torch.float32"} for dtypes in _frozen_dtypes_per_layer(plain))
+
+
+def test_fsdp2_shards_the_bf16_stored_4_bit_base_over_two_cpu_processes_and_trains(tmp_path):
+    """Accelerate runs FSDP only on GPUs; PyTorch's fully_shard runs on CPU: the same model preparation."""
+    worker = Path(__file__).with_name("fsdp2_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["linear4bit_storage"] == ["torch.bfloat16"]
+        assert r["local_bytes"] == pytest.approx(r["full_bytes"] / 2, rel=0.01)  # each rank keeps half
+        assert r["losses"][-1] < r["losses"][0] - 0.5
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # one model, sharded: gathered adapters agree
 
 
 # --- two processes ------------------------------------------------------------------------
