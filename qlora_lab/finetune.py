@@ -397,6 +397,7 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
     accelerator = make_accelerator(config.dist_timeout_s)
     check_distributed(config, accelerator)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    fsdp = is_fsdp(accelerator)
     output_dir = Path(config.output_dir)
     check_writable(output_dir)
     resume_from = last_checkpoint(output_dir) if config.resume else None
@@ -422,13 +423,13 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        model = attach_lora(model, config, sharded=is_fsdp(accelerator))
+        model = attach_lora(model, config, sharded=fsdp)
     device = next(model.parameters()).device
     model.train()
     trainable, total = count_parameters(model)
     steps = total_steps(config, len(train), world)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config, device)
-    if is_fsdp(accelerator) and config.mode != "full":
+    if fsdp and config.mode != "full":
         from peft.utils.other import fsdp_auto_wrap_policy
 
         # adapters and frozen base in separate FSDP units: only the adapters need gradients
@@ -480,7 +481,7 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
                     accelerator.backward(loss)
                 loss_sum += float(loss.detach())
                 n_tokens += int(batch["attention_mask"].sum())
-            clipped = model.parameters() if is_fsdp(accelerator) else [p for p in model.parameters() if p.requires_grad]
+            clipped = model.parameters() if fsdp else [p for p in model.parameters() if p.requires_grad]
             grad_norm = float(accelerator.clip_grad_norm_(clipped, config.max_grad_norm))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -512,7 +513,7 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
                 accelerator.wait_for_everyone()
     except KeyboardInterrupt:
         interrupted = True
-        if is_main and not is_fsdp(accelerator):
+        if is_main and not fsdp:
             with sigint_ignored():  # a second Ctrl-C (or the launcher passing it on) must not cut the save
                 path = save_checkpoint(output_dir, step, inner, optimizer, scheduler, extra)
             print(f"\nInterrupted: checkpoint saved to {path}. Resume with resume=True (CLI: --resume).")
@@ -537,7 +538,7 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None,
     }
     if not interrupted:
         # FSDP: every process hands in its shard of the weights (a collective), the main one writes
-        state_dict = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
+        state_dict = accelerator.get_state_dict(model) if fsdp else None
         if is_main:
             save_result(inner, tokenizer, config, output_dir, state_dict)
     if is_main:
