@@ -79,12 +79,17 @@ def evenly_sharded(items: list, rank: int, world_size: int) -> list:
 
 
 def parameters_digest(model) -> str:
-    """SHA-1 of every trainable parameter: equal digests mean bit-identical replicas."""
+    """SHA-1 of every trainable parameter: equal digests mean bit-identical replicas.
+
+    A parameter sharded by FSDP2 (a DTensor) is gathered whole first: that is a collective,
+    so then every process must call this.
+    """
     digest = hashlib.sha1()
     for name, p in model.named_parameters():
         if p.requires_grad:
+            whole = p.full_tensor() if hasattr(p, "full_tensor") else p
             digest.update(name.removeprefix("module.").encode())
-            digest.update(p.detach().float().cpu().numpy().tobytes())
+            digest.update(whole.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -141,8 +146,10 @@ def launch(num_processes: int | None, finetune_args: list[str], config_file: str
     except KeyboardInterrupt:  # the processes got the Ctrl-C too: the main one saves a checkpoint
         interrupted = True
         code = process.wait()
-    saved = sorted((Path(output_dir) / "checkpoints").glob("step-*")) if output_dir else []
-    where = f" The last checkpoint is {saved[-1]}: continue with --resume." if saved else ""
+    from qlora_lab.finetune import last_checkpoint  # finetune imports this module: import late
+
+    saved = last_checkpoint(Path(output_dir)) if output_dir else None
+    where = f" The last checkpoint is {saved}: continue with --resume." if saved else ""
     if interrupted:
         print(f"qlora-lab finetune: interrupted.{where}", file=sys.stderr)
         return 130

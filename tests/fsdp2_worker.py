@@ -6,7 +6,6 @@ engine's own model preparation (`load_for_mode` with bf16 4-bit storage, then
 Writes rank-<N>.json in the folder given as argument.
 """
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
+from qlora_lab.distributed import parameters_digest
 from qlora_lab.finetune import FinetuneConfig, attach_lora, load_for_mode
 
 STEPS = 6
@@ -24,15 +24,6 @@ STEPS = 6
 def local_bytes(model) -> int:
     """Bytes this rank stores: the local shard of each sharded (DTensor) parameter."""
     return sum((p.to_local() if hasattr(p, "to_local") else p).untyped_storage().nbytes() for p in model.parameters())
-
-
-def adapter_digest(model) -> str:
-    digest = hashlib.sha1()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p  # a collective: every rank calls it
-            digest.update(full.detach().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def main(out: Path) -> None:
@@ -60,7 +51,7 @@ def main(out: Path) -> None:
         losses.append(float(loss))
     storage = {str(m.weight.dtype) for m in model.modules() if type(m).__name__ == "Linear4bit"}
     result = {"rank": rank, "full_bytes": full, "local_bytes": local_bytes(model), "losses": losses,
-              "linear4bit_storage": sorted(storage), "digest": adapter_digest(model)}
+              "linear4bit_storage": sorted(storage), "digest": parameters_digest(model)}
     (out / f"rank-{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -18,13 +18,13 @@ import psutil
 import pytest
 import torch
 
+from process_helpers import TIMEOUT_S, wait_for_steps
 from qlora_lab.distributed import evenly_sharded, free_port, launch_command, make_accelerator, rank_slice
 from qlora_lab.finetune import (FinetuneConfig, attach_lora, batch_indices, finetune, load_for_mode,
-                               lora_update_distance)
+                               lora_update_distance, read_metrics)
 from qlora_lab.finetune_cli import args_from_config, config_from_args, configure_parser
 from qlora_lab.models import load_model
 
-TIMEOUT_S = 600
 STEPS, PER_PROCESS_BATCH, SAVE_EVERY = 10, 2, 5
 RUN = dict(max_steps=STEPS, seq_len=64, eval_examples=8, lora_dropout=0.0, save_every=SAVE_EVERY)
 
@@ -33,9 +33,6 @@ def _cli(output_dir, *extra):
     args = args_from_config(FinetuneConfig(batch_size=PER_PROCESS_BATCH, output_dir=str(output_dir), **RUN))
     return [sys.executable, "-m", "qlora_lab.cli", "finetune", *args, "--num-processes", "2", *extra]
 
-
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +144,14 @@ def test_fsdp2_shards_the_bf16_stored_4_bit_base_over_two_cpu_processes_and_trai
 
 def test_each_process_trains_on_its_own_examples(two_processes):
     out, _, _ = two_processes
-    for row in _rows(out / "metrics.jsonl"):
+    for row in read_metrics(out / "metrics.jsonl"):
         first, second = (set(r["examples"]) for r in row["ranks"])
         assert len(first) == len(second) == PER_PROCESS_BATCH and not first & second, row["step"]
 
 
 def test_the_adapters_are_identical_on_both_processes_after_every_step(two_processes):
     out, _, _ = two_processes
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row in rows:
         digests = [r["digest"] for r in row["ranks"]]
@@ -175,7 +172,7 @@ def test_only_the_main_process_writes_and_reports(two_processes):
     out, proc, _ = two_processes
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "summary.json"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{SAVE_EVERY:06d}"]
-    assert len(_rows(out / "metrics.jsonl")) == STEPS  # one line per step, not one per process
+    assert len(read_metrics(out / "metrics.jsonl")) == STEPS  # one line per step, not one per process
     assert proc.stdout.count("validation loss") == 1
     assert proc.stderr.count("qlora fine-tune:   0%") == 1  # one progress bar
 
@@ -183,7 +180,7 @@ def test_only_the_main_process_writes_and_reports(two_processes):
 def test_two_processes_match_one_process_with_the_same_global_batch(two_processes, one_process):
     out, _, _ = two_processes
     n_train = json.loads((out / "summary.json").read_text())["train_examples"]
-    for multi, single in zip(_rows(out / "metrics.jsonl"), _rows(one_process / "metrics.jsonl"), strict=True):
+    for multi, single in zip(read_metrics(out / "metrics.jsonl"), read_metrics(one_process / "metrics.jsonl"), strict=True):
         together = multi["ranks"][0]["examples"] + multi["ranks"][1]["examples"]
         assert together == batch_indices(n_train, 2 * PER_PROCESS_BATCH, multi["step"] - 1, seed=0)
         assert multi["loss"] == pytest.approx(single["loss"], abs=0.02), multi["step"]
@@ -211,16 +208,10 @@ def _worker(launcher_pid, rank):
     raise TimeoutError(f"no training process of rank {rank}")
 
 
-def _wait_for_steps(metrics, n):
-    deadline = time.time() + TIMEOUT_S
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
-        assert time.time() < deadline, f"{metrics} never reached {n} steps"
-        time.sleep(0.2)
-
 
 def test_a_killed_process_fails_the_run_at_once_and_the_run_resumes(tmp_path):
     launch = _start_long_run(tmp_path)
-    _wait_for_steps(tmp_path / "metrics.jsonl", SAVE_EVERY + 2)
+    wait_for_steps(tmp_path / "metrics.jsonl", SAVE_EVERY + 2)
     _worker(launch.pid, 1).kill()
     killed_at = time.perf_counter()
     output, _ = launch.communicate(timeout=TIMEOUT_S)
@@ -234,13 +225,13 @@ def test_a_killed_process_fails_the_run_at_once_and_the_run_resumes(tmp_path):
     resumed = subprocess.run(_cli(tmp_path, "--max-steps", "30", "--resume"), capture_output=True, text=True,
                              timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == list(range(1, 31))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp_path):
     launch = _start_long_run(tmp_path, "--dist-timeout-s", "5")
-    _wait_for_steps(tmp_path / "metrics.jsonl", 2)
+    wait_for_steps(tmp_path / "metrics.jsonl", 2)
     frozen = _worker(launch.pid, 1)
     frozen.send_signal(signal.SIGSTOP)
     try:
@@ -255,7 +246,7 @@ def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp
 def test_ctrl_c_stops_every_process_and_the_main_one_saves_a_checkpoint(tmp_path):
     launch = subprocess.Popen(_cli(tmp_path, "--max-steps", "400"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _wait_for_steps(tmp_path / "metrics.jsonl", 3)
+    wait_for_steps(tmp_path / "metrics.jsonl", 3)
     os.killpg(launch.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     output, _ = launch.communicate(timeout=120)
     assert launch.returncode == 130, output[-3000:]
