@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from qlora_lab.distributed import ACCELERATE_CONFIGS, finetune_in_subprocess
-from qlora_lab.finetune import ADAPTER_DIR, FinetuneConfig, lora_update_distance
+from qlora_lab.finetune.launch import ACCELERATE_CONFIGS, finetune_in_subprocess
+from qlora_lab.finetune.adapters import lora_update_distance
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.rundir import ADAPTER_DIR
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
-from qlora_lab.sysinfo import cpu_model_and_flags
+from qlora_lab.hardware.sysinfo import cpu_model_and_flags
 
 RUN = dict(seq_len=128, eval_examples=16, lora_dropout=0.0, learning_rate=2e-3)
 

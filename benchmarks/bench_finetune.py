@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from qlora_lab.compare import compare_modes
+from qlora_lab.finetune.compare import compare_modes
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
-from qlora_lab.sysinfo import cpu_model_and_flags
+from qlora_lab.hardware.sysinfo import cpu_model_and_flags
 
 SPEED = dict(batch_size=8, seq_len=128, eval_examples=8)
 
@@ -36,7 +36,8 @@ def main() -> None:
     lora, qlora = rows
     ratio = qlora["s_per_step"] / lora["s_per_step"]
 
-    from qlora_lab.finetune import FinetuneConfig, finetune
+    from qlora_lab.finetune.config import FinetuneConfig
+    from qlora_lab.finetune.loop import finetune
 
     t0 = time.perf_counter()
     result = finetune(FinetuneConfig(mode="qlora", max_steps=args.quality_steps, learning_rate=5e-3,

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from qlora_lab._bnb import import_bnb
-from qlora_lab.nf4 import dequantize_4bit, quantize_4bit
+from qlora_lab.backends import import_bnb
+from qlora_lab.quant.nf4 import dequantize_4bit, quantize_4bit
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
 
 TARGETS = {"quantize": 1.0, "dequantize": 2.0}  # max ratio ours / bitsandbytes

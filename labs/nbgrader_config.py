@@ -51,7 +51,7 @@ c.Execute.interrupt_on_timeout = True
 # the error message): nbgrader's autograde restores them, and would otherwise show them.
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "qlora_lab.grading.HideHiddenTests",
+    "qlora_lab.grading.preprocessors.HideHiddenTests",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 

@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 # Whatever imports bitsandbytes first (transformers does, e.g. for its optimizers), its
 # harmless CPU start-up message must not reach students: set the log levels now (cheap).
-from qlora_lab._bnb import quiet_bnb_logs as _quiet_bnb_logs
+from qlora_lab.backends import quiet_bnb_logs as _quiet_bnb_logs
 
 _quiet_bnb_logs()

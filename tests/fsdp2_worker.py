@@ -15,8 +15,10 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from qlora_lab.distributed import parameters_digest
-from qlora_lab.finetune import FinetuneConfig, attach_lora, load_for_mode
+from qlora_lab.finetune.parallel import parameters_digest
+from qlora_lab.finetune.adapters import attach_lora
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.prepare import load_for_mode
 
 STEPS = 6
 

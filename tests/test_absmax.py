@@ -1,11 +1,11 @@
-"""Tests for qlora_lab.absmax: error bounds, granularity, zero-point, and PyTorch parity."""
+"""Tests for qlora_lab.quant.absmax: error bounds, granularity, zero-point, and PyTorch parity."""
 
 import math
 
 import pytest
 import torch
 
-from qlora_lab.absmax import (
+from qlora_lab.quant.absmax import (
     QuantizedTensor,
     code_range,
     dequantize,

@@ -3,9 +3,9 @@
 import pytest
 from torch import nn
 
-from qlora_lab.architecture import (CNN, MLP, OTHER, TRANSFORMER, classify_architecture, linear_weight_fraction,
+from qlora_lab.course.architecture import (CNN, MLP, OTHER, TRANSFORMER, classify_architecture, linear_weight_fraction,
                                     module_census, small_cnn, small_mlp)
-from qlora_lab.flops import resnet50
+from qlora_lab.sizing.flops import resnet50
 
 
 def tiny_llama():

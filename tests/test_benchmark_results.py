@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qlora_lab import benchmark_results as br
+from qlora_lab.course import benchmark_results as br
 
 
 @pytest.fixture

@@ -48,6 +48,6 @@ def test_finetune_malformed_data_names_the_line(tmp_path):
 
 def test_bitsandbytes_startup_noise_never_reaches_students():
     """transformers imports bitsandbytes on its own; importing qlora_lab first keeps it quiet."""
-    code = "import qlora_lab.finetune\nfrom transformers import get_scheduler\nimport bitsandbytes"
+    code = "import qlora_lab.finetune.loop\nfrom transformers import get_scheduler\nimport bitsandbytes"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "Failed to load CPU gemm_4bit_forward" not in proc.stdout + proc.stderr

@@ -3,7 +3,7 @@
 import json
 
 from qlora_lab.cli import main
-from qlora_lab.compare import compare_modes, compare_shapes
+from qlora_lab.finetune.compare import compare_modes, compare_shapes
 
 
 def test_compare_modes_on_the_embedded_model(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_lab import corpus
+from qlora_lab.model import corpus
 
 
 def relative(paths):

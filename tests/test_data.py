@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from qlora_lab.data import (IGNORE_INDEX, DataError, build_examples, collate, encode_pair, function_pairs,
+from qlora_lab.finetune.data import (IGNORE_INDEX, DataError, build_examples, collate, encode_pair, function_pairs,
                             load_jsonl, split_holdout)
-from qlora_lab.tokenization import load_tokenizer
+from qlora_lab.model.tokenization import load_tokenizer
 
 SOURCE = '''
 def add(a, b):

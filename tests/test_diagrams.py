@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from qlora_lab.diagrams import figure_texts, pipeline_figure, qlora_architecture_figure
+from qlora_lab.course.diagrams import figure_texts, pipeline_figure, qlora_architecture_figure
 
 
 @pytest.mark.parametrize(

@@ -19,19 +19,24 @@ import pytest
 import torch
 
 from process_helpers import TIMEOUT_S, wait_for_steps
-from qlora_lab.distributed import evenly_sharded, free_port, launch_command, make_accelerator, rank_slice
-from qlora_lab.finetune import (FinetuneConfig, attach_lora, batch_indices, finetune, load_for_mode,
-                               lora_update_distance, read_metrics)
-from qlora_lab.finetune_cli import args_from_config, config_from_args, configure_parser
-from qlora_lab.models import load_model
+from qlora_lab.finetune.launch import free_port, launch_command
+from qlora_lab.finetune.parallel import evenly_sharded, make_accelerator, rank_slice
+from qlora_lab.finetune.adapters import attach_lora, lora_update_distance
+from qlora_lab.finetune.batches import batch_indices
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.loop import finetune
+from qlora_lab.finetune.prepare import load_for_mode
+from qlora_lab.finetune.rundir import read_metrics
+from qlora_lab.model.models import load_model
 
 STEPS, PER_PROCESS_BATCH, SAVE_EVERY = 10, 2, 5
 RUN = dict(max_steps=STEPS, seq_len=64, eval_examples=8, lora_dropout=0.0, save_every=SAVE_EVERY)
 
 
 def _cli(output_dir, *extra):
-    args = args_from_config(FinetuneConfig(batch_size=PER_PROCESS_BATCH, output_dir=str(output_dir), **RUN))
-    return [sys.executable, "-m", "qlora_lab.cli", "finetune", *args, "--num-processes", "2", *extra]
+    """`qlora-lab finetune ... --num-processes 2`, as a user types it (the CLI re-launches itself)."""
+    args = FinetuneConfig(batch_size=PER_PROCESS_BATCH, output_dir=str(output_dir), **RUN).to_argv()
+    return launch_command(1, [*args, "--num-processes", "2", *extra])
 
 
 
@@ -70,13 +75,11 @@ def test_validation_shards_have_equal_sizes_and_cover_the_kept_examples():
         evenly_sharded([1], 0, 2)
 
 
-def test_the_launch_command_rebuilds_the_same_config():
-    import argparse
-
-    config = FinetuneConfig(mode="lora", lora_r=4, resume=True, target_modules=("q_proj", "v_proj"))
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    assert config_from_args(parser.parse_args(args_from_config(config))) == config
+def test_the_launch_command_runs_accelerate_for_several_processes_and_python_for_one():
+    assert launch_command(1, ["--max-steps", "3"])[1:] == ["-m", "qlora_lab.cli", "finetune", "--max-steps", "3"]
+    assert launch_command(None, []) == launch_command(1, [])
+    with pytest.raises(ValueError, match="num_processes=0"):
+        launch_command(0, [])
     cmd = launch_command(2, ["--max-steps", "3"], port=29555)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
@@ -144,14 +147,14 @@ def test_fsdp2_shards_the_bf16_stored_4_bit_base_over_two_cpu_processes_and_trai
 
 def test_each_process_trains_on_its_own_examples(two_processes):
     out, _, _ = two_processes
-    for row in read_metrics(out / "metrics.jsonl"):
+    for row in read_metrics(out):
         first, second = (set(r["examples"]) for r in row["ranks"])
         assert len(first) == len(second) == PER_PROCESS_BATCH and not first & second, row["step"]
 
 
 def test_the_adapters_are_identical_on_both_processes_after_every_step(two_processes):
     out, _, _ = two_processes
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for row in rows:
         digests = [r["digest"] for r in row["ranks"]]
@@ -172,7 +175,7 @@ def test_only_the_main_process_writes_and_reports(two_processes):
     out, proc, _ = two_processes
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "summary.json"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{SAVE_EVERY:06d}"]
-    assert len(read_metrics(out / "metrics.jsonl")) == STEPS  # one line per step, not one per process
+    assert len(read_metrics(out)) == STEPS  # one line per step, not one per process
     assert proc.stdout.count("validation loss") == 1
     assert proc.stderr.count("qlora fine-tune:   0%") == 1  # one progress bar
 
@@ -180,7 +183,7 @@ def test_only_the_main_process_writes_and_reports(two_processes):
 def test_two_processes_match_one_process_with_the_same_global_batch(two_processes, one_process):
     out, _, _ = two_processes
     n_train = json.loads((out / "summary.json").read_text())["train_examples"]
-    for multi, single in zip(read_metrics(out / "metrics.jsonl"), read_metrics(one_process / "metrics.jsonl"), strict=True):
+    for multi, single in zip(read_metrics(out), read_metrics(one_process), strict=True):
         together = multi["ranks"][0]["examples"] + multi["ranks"][1]["examples"]
         assert together == batch_indices(n_train, 2 * PER_PROCESS_BATCH, multi["step"] - 1, seed=0)
         assert multi["loss"] == pytest.approx(single["loss"], abs=0.02), multi["step"]
@@ -211,7 +214,7 @@ def _worker(launcher_pid, rank):
 
 def test_a_killed_process_fails_the_run_at_once_and_the_run_resumes(tmp_path):
     launch = _start_long_run(tmp_path)
-    wait_for_steps(tmp_path / "metrics.jsonl", SAVE_EVERY + 2)
+    wait_for_steps(tmp_path, SAVE_EVERY + 2)
     _worker(launch.pid, 1).kill()
     killed_at = time.perf_counter()
     output, _ = launch.communicate(timeout=TIMEOUT_S)
@@ -225,13 +228,13 @@ def test_a_killed_process_fails_the_run_at_once_and_the_run_resumes(tmp_path):
     resumed = subprocess.run(_cli(tmp_path, "--max-steps", "30", "--resume"), capture_output=True, text=True,
                              timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 31))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp_path):
     launch = _start_long_run(tmp_path, "--dist-timeout-s", "5")
-    wait_for_steps(tmp_path / "metrics.jsonl", 2)
+    wait_for_steps(tmp_path, 2)
     frozen = _worker(launch.pid, 1)
     frozen.send_signal(signal.SIGSTOP)
     try:
@@ -246,7 +249,7 @@ def test_a_frozen_process_fails_the_run_after_the_timeout_instead_of_hanging(tmp
 def test_ctrl_c_stops_every_process_and_the_main_one_saves_a_checkpoint(tmp_path):
     launch = subprocess.Popen(_cli(tmp_path, "--max-steps", "400"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    wait_for_steps(tmp_path / "metrics.jsonl", 3)
+    wait_for_steps(tmp_path, 3)
     os.killpg(launch.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     output, _ = launch.communicate(timeout=120)
     assert launch.returncode == 130, output[-3000:]

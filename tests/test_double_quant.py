@@ -1,10 +1,10 @@
-"""Tests for qlora_lab.double_quant: the dynamic code, 8-bit constants, memory accounting."""
+"""Tests for qlora_lab.quant.double_quant: the dynamic code, 8-bit constants, memory accounting."""
 
 import pytest
 import torch
 
-from qlora_lab._bnb import import_bnb
-from qlora_lab.double_quant import (
+from qlora_lab.backends import import_bnb
+from qlora_lab.quant.double_quant import (
     DQ_BLOCKSIZE,
     bits_per_param,
     dequantize_absmax,
@@ -16,7 +16,7 @@ from qlora_lab.double_quant import (
     quantize_absmax,
     quantize_blockwise_8bit,
 )
-from qlora_lab.nf4 import quantize_4bit
+from qlora_lab.quant.nf4 import quantize_4bit
 
 F = import_bnb().functional
 

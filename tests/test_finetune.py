@@ -7,16 +7,19 @@ import json
 import pytest
 import torch
 
-from qlora_lab.data import DataError
-from qlora_lab.finetune import FinetuneConfig, finetune, load_adapter, read_metrics
+from qlora_lab.finetune.data import DataError
+from qlora_lab.finetune.adapters import load_adapter
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.loop import finetune
+from qlora_lab.finetune.rundir import read_metrics
 
 # Small enough for 2 shared cores: batch 2 of 32 tokens.
 FAST = dict(batch_size=2, seq_len=32, eval_examples=4, warmup_steps=2, lora_dropout=0.0)
 
 
 def test_qlora_learns_with_frozen_4bit_base_and_survives_an_eval_pass(tmp_path):
-    from qlora_lab._bnb import import_bnb
-    from qlora_lab.models import load_model
+    from qlora_lab.backends import import_bnb
+    from qlora_lab.model.models import load_model
 
     bnb = import_bnb()
     model, tokenizer = load_model(None, quantization="nf4")
@@ -56,7 +59,7 @@ def test_interrupted_run_resumes_without_losing_or_repeating_a_step(tmp_path):
     stopped = finetune(FinetuneConfig(output_dir=str(run_dir), **common), callbacks=[ctrl_c_at_step_4])
     assert stopped.summary["interrupted"] and stopped.summary["steps"] == 4
     resumed = finetune(FinetuneConfig(output_dir=str(run_dir), resume=True, **common))
-    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
+    steps = [r["step"] for r in read_metrics(run_dir)]
     assert steps == list(range(1, 9))
     assert resumed.metrics[-1]["loss"] == pytest.approx(reference.metrics[-1]["loss"], abs=1e-3)
     assert resumed.summary["val_loss_after"] == pytest.approx(reference.summary["val_loss_after"], abs=1e-3)
@@ -74,7 +77,7 @@ def test_bad_settings_raise_one_clear_error(tmp_path, bad, message):
 
 
 def test_seq_len_above_context_is_refused(tmp_path):
-    from qlora_lab.models import load_model
+    from qlora_lab.model.models import load_model
 
     model, tokenizer = load_model(None, quantization="none")
     too_long = model.config.max_position_embeddings + 1
@@ -101,8 +104,8 @@ def test_adapter_for_another_base_is_refused(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qlora_lab.finetune import BASE_FINGERPRINT, base_fingerprint
-    from qlora_lab.models import load_model
+    from qlora_lab.finetune.adapters import BASE_FINGERPRINT, base_fingerprint
+    from qlora_lab.model.models import load_model
 
     other = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, vocab_size=128))

@@ -11,17 +11,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from process_helpers import TIMEOUT_S, wait_for_steps
-from qlora_lab.finetune import FinetuneConfig, finetune, read_metrics
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.launch import launch_command
+from qlora_lab.finetune.loop import finetune
+from qlora_lab.finetune.rundir import read_metrics
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "qlora_lab.cli", "finetune", "--mode=qlora", "--batch-size=4", "--seq-len=64",
-            "--eval-examples=4", "--max-steps=12", "--save-every=4", "--lora-dropout=0", *args]
+    return launch_command(1, ["--mode=qlora", "--batch-size=4", "--seq-len=64", "--eval-examples=4", "--max-steps=12",
+                              "--save-every=4", "--lora-dropout=0", *args])
 
 
 
@@ -30,13 +32,13 @@ def test_hard_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cli(f"--output-dir={full}"), check=True, capture_output=True, timeout=TIMEOUT_S)
     proc = subprocess.Popen(_cli(f"--output-dir={killed}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_steps(killed / "metrics.jsonl", 6)  # past the step-4 checkpoint
+    wait_for_steps(killed, 6)  # past the step-4 checkpoint
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "step-000004").is_dir()
     assert not (killed / "summary.json").exists()
     subprocess.run(_cli(f"--output-dir={killed}", "--resume"), check=True, capture_output=True, timeout=TIMEOUT_S)
-    resumed, reference = read_metrics(killed / "metrics.jsonl"), read_metrics(full / "metrics.jsonl")
+    resumed, reference = read_metrics(killed), read_metrics(full)
     assert [r["step"] for r in resumed] == list(range(1, 13))  # every step exactly once
     for a, b in zip(resumed, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-2), a["step"]
@@ -47,12 +49,12 @@ def test_hard_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     proc = subprocess.Popen(_cli(f"--output-dir={tmp_path}", "--max-steps=500", "--save-every=0"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_steps(tmp_path / "metrics.jsonl", 2)
+    wait_for_steps(tmp_path, 2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 130
     assert "Interrupted: checkpoint saved" in out
-    steps_done = len(read_metrics(tmp_path / "metrics.jsonl"))
+    steps_done = len(read_metrics(tmp_path))
     assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == [f"step-{steps_done:06d}"]
     assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] is True
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qlora_lab import flops
+from qlora_lab.sizing import flops
 
 
 def tiny_llama(n_layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 4):

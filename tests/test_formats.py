@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qlora_lab.formats import format_markdown, format_table, int_range, loss_scaling_demo, number_format, round_trip
+from qlora_lab.quant.formats import format_markdown, format_table, int_range, loss_scaling_demo, number_format, round_trip
 
 
 @pytest.mark.parametrize("name", ["float32", "float16", "bfloat16"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qlora_lab import gguf, nf4
+from qlora_lab.quant import gguf, nf4
 
 
 def test_bits_per_weight_is_4_5():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qlora_lab.gpu_specs import GUIDE_RTX_4090_CLAIMS, RTX_4090, closest_column, format_table, spec_table
+from qlora_lab.sizing.gpu_specs import GUIDE_RTX_4090_CLAIMS, RTX_4090, closest_column, format_table, spec_table
 
 
 @pytest.mark.parametrize("row", [r for r in RTX_4090.rows if r.sparse is not None], ids=lambda r: r.precision)

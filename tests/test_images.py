@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qlora_lab.images import image_report, load_sample_image, psnr, quantize_image, synthetic_image
+from qlora_lab.course.images import image_report, load_sample_image, psnr, quantize_image, synthetic_image
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
-from qlora_lab import grading
+from qlora_lab.grading import workflow as grading
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS_DIR = ROOT / "labs"
@@ -196,7 +196,7 @@ def test_config_loads_with_every_key():
     timeout_of = config.Execute.timeout_func
     assert timeout_of({"metadata": {"nbgrader": {"grade_id": "q1_code"}}}) == 30
     assert timeout_of({"metadata": {"nbgrader": {"grade_id": "q4_entrainement"}}}) > 30
-    assert "qlora_lab.grading.HideHiddenTests" in config.GenerateFeedback.preprocessors
+    assert "qlora_lab.grading.preprocessors.HideHiddenTests" in config.GenerateFeedback.preprocessors
     assert "MathJax.js" in config.HTMLExporter.mathjax_url and "://" not in config.HTMLExporter.mathjax_url
     for folder in config.HTMLExporter.extra_template_basedirs:
         assert Path(folder).is_dir(), folder

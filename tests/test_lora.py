@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from qlora_lab import lora
+from qlora_lab.finetune import lora
 
 
 def tiny_llama(kv_heads: int = 4):

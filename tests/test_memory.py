@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_lab import memory
-from qlora_lab._bnb import import_bnb
-from qlora_lab.double_quant import quant_state_breakdown
-from qlora_lab.memory import CODELLAMA, ModelShape
+from qlora_lab.backends import import_bnb
+from qlora_lab.hardware import measured_memory
+from qlora_lab.sizing import memory, multi_gpu
+from qlora_lab.quant.double_quant import quant_state_breakdown
+from qlora_lab.sizing.memory import CODELLAMA, ModelShape
 
 
 @pytest.mark.parametrize("size, billions", [("7B", 6.74), ("13B", 13.02), ("34B", 33.74), ("70B", 68.98)])
@@ -82,7 +83,7 @@ def test_activation_formula_matches_saved_tensors(seq_len, hidden, layers, atten
     model = LlamaForCausalLM(config).to(torch.bfloat16).train()
     model.set_attn_implementation(attention)
     ids = torch.randint(0, 1000, (1, seq_len))
-    measured = memory.measure_saved_activation_bytes(model, ids)
+    measured = measured_memory.saved_activation_bytes(model, ids)
     estimated = memory.activation_bytes(ModelShape.from_config(config), seq_len, attention=attention)
     assert estimated == pytest.approx(measured, rel=0.10)
 
@@ -98,7 +99,7 @@ def test_from_config_reads_a_llama_config():
 def test_available_memory_on_cpu_is_positive_and_below_total():
     import psutil
 
-    free = memory.available_memory_bytes("cpu")
+    free = measured_memory.available_memory_bytes("cpu")
     assert 0 < free <= psutil.virtual_memory().total
 
 
@@ -114,7 +115,7 @@ BOOK_PAGE = Path(__file__).resolve().parents[1] / "book" / "multi_gpu.md"
 
 
 def per_gpu(size: str, strategy: str, n: int, **kwargs) -> float:
-    return memory.per_device_memory(CODELLAMA[size], "qlora", strategy, n, **kwargs).total
+    return multi_gpu.per_device_memory(CODELLAMA[size], "qlora", strategy, n, **kwargs).total
 
 
 @pytest.mark.parametrize("method", ["qlora", "lora", "full"])
@@ -122,7 +123,7 @@ def test_ddp_holds_a_whole_replica_plus_gradient_buckets_whatever_the_count(meth
     shape = CODELLAMA["7B"]
     single = memory.training_memory(shape, method)
     for n in (1, 2, 8, 64):
-        ddp = memory.per_device_memory(shape, method, "ddp", n)
+        ddp = multi_gpu.per_device_memory(shape, method, "ddp", n)
         assert ddp.buckets == single.gradients  # a second copy of the trained gradients
         assert ddp.total == pytest.approx(single.total + single.gradients)
 
@@ -131,12 +132,12 @@ def test_ddp_holds_a_whole_replica_plus_gradient_buckets_whatever_the_count(meth
 @pytest.mark.parametrize("size", ["7B", "70B"])
 def test_fsdp_shrinks_towards_activations_plus_gathered_units(method, size):
     shape = CODELLAMA[size]
-    totals = [memory.per_device_memory(shape, method, "fsdp", n).total for n in (2, 4, 8, 16)]
+    totals = [multi_gpu.per_device_memory(shape, method, "fsdp", n).total for n in (2, 4, 8, 16)]
     assert totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals)
-    replicated = memory.quant_constant_bytes(shape) if method == "qlora" else 0.0
+    replicated = multi_gpu.quant_constant_bytes(shape) if method == "qlora" else 0.0
     sharded = []  # what is left above the floor, times the count: the same replica each time
     for n in (2, 8, 4096):
-        fsdp = memory.per_device_memory(shape, method, "fsdp", n)
+        fsdp = multi_gpu.per_device_memory(shape, method, "fsdp", n)
         sharded.append(n * (fsdp.total - fsdp.activations - fsdp.gathered - replicated))
     assert sharded == pytest.approx([sharded[0]] * 3)
 
@@ -145,8 +146,8 @@ def test_fsdp_shrinks_towards_activations_plus_gathered_units(method, size):
 def test_fsdp_shards_add_up_to_one_replica(method):
     shape, n = CODELLAMA["13B"], 4
     single = memory.training_memory(shape, method)
-    fsdp = memory.per_device_memory(shape, method, "fsdp", n)
-    replicated = memory.quant_constant_bytes(shape) if method == "qlora" else 0.0
+    fsdp = multi_gpu.per_device_memory(shape, method, "fsdp", n)
+    replicated = multi_gpu.quant_constant_bytes(shape) if method == "qlora" else 0.0
     assert n * (fsdp.weights - replicated) + replicated == pytest.approx(single.weights)
     for item in ("adapters", "gradients", "optimizer"):
         assert n * getattr(fsdp, item) == pytest.approx(getattr(single, item))
@@ -155,13 +156,13 @@ def test_fsdp_shards_add_up_to_one_replica(method):
 
 def test_fsdp_gathers_the_root_unit_and_the_chosen_number_of_layers():
     shape = CODELLAMA["34B"]
-    layer, root = memory.fsdp_unit_bytes(shape, "qlora")
-    one = memory.per_device_memory(shape, "qlora", "fsdp", 4, layers_gathered=1)
-    two = memory.per_device_memory(shape, "qlora", "fsdp", 4)
-    assert memory.FSDP_LAYERS_GATHERED == 2
+    layer, root = multi_gpu.fsdp_unit_bytes(shape, "qlora")
+    one = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 4, layers_gathered=1)
+    two = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 4)
+    assert multi_gpu.FSDP_LAYERS_GATHERED == 2
     assert one.gathered == root + layer and two.total - one.total == pytest.approx(layer)
     # The packed 4-bit codes of one layer, whatever container holds them: a quarter of bf16.
-    bf16_layer, _ = memory.fsdp_unit_bytes(shape, "lora")
+    bf16_layer, _ = multi_gpu.fsdp_unit_bytes(shape, "lora")
     norms = 2 * 2 * shape.hidden
     assert (layer - norms) / (bf16_layer - norms) == pytest.approx(0.25)
 
@@ -169,16 +170,16 @@ def test_fsdp_gathers_the_root_unit_and_the_chosen_number_of_layers():
 @pytest.mark.parametrize("method", ["qlora", "lora", "full"])
 def test_fsdp_on_one_device_is_no_shard_the_same_as_single(method):
     shape = CODELLAMA["7B"]
-    fsdp = memory.per_device_memory(shape, method, "fsdp", 1)
-    single = memory.per_device_memory(shape, method, "single", 1)
+    fsdp = multi_gpu.per_device_memory(shape, method, "fsdp", 1)
+    single = multi_gpu.per_device_memory(shape, method, "single", 1)
     assert fsdp.gathered == 0 and fsdp.total == pytest.approx(single.total)
 
 
 def test_fsdp_cpu_offload_leaves_the_gpu_units_constants_and_activations():
     shape = CODELLAMA["70B"]
-    kept = memory.per_device_memory(shape, "qlora", "fsdp", 2)
-    offloaded = memory.per_device_memory(shape, "qlora", "fsdp", 2, cpu_offload=True)
-    assert offloaded.total == pytest.approx(memory.quant_constant_bytes(shape) + kept.gathered + kept.activations)
+    kept = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 2)
+    offloaded = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 2, cpu_offload=True)
+    assert offloaded.total == pytest.approx(multi_gpu.quant_constant_bytes(shape) + kept.gathered + kept.activations)
     assert offloaded.cpu_offloaded + offloaded.total == pytest.approx(kept.total)
 
 
@@ -200,25 +201,25 @@ def test_bf16_container_holds_the_same_4_bit_codes_in_the_same_bytes():
 def test_invalid_strategies_and_counts_are_clear_errors():
     shape = CODELLAMA["7B"]
     with pytest.raises(ValueError, match="strategy="):
-        memory.per_device_memory(shape, "qlora", "zero3", 2)
+        multi_gpu.per_device_memory(shape, "qlora", "zero3", 2)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="n_devices"):
-            memory.per_device_memory(shape, "qlora", "ddp", bad)
+            multi_gpu.per_device_memory(shape, "qlora", "ddp", bad)
     with pytest.raises(ValueError, match="'single' runs on one device"):
-        memory.per_device_memory(shape, "qlora", "single", 2)
+        multi_gpu.per_device_memory(shape, "qlora", "single", 2)
     with pytest.raises(ValueError, match="cpu_offload"):
-        memory.per_device_memory(shape, "qlora", "ddp", 2, cpu_offload=True)
+        multi_gpu.per_device_memory(shape, "qlora", "ddp", 2, cpu_offload=True)
     with pytest.raises(ValueError, match="method="):
-        memory.per_device_memory(shape, "prefix", "fsdp", 2)
+        multi_gpu.per_device_memory(shape, "prefix", "fsdp", 2)
     with pytest.raises(ValueError, match="gpu_gb"):
-        memory.devices_needed(shape, "qlora", "fsdp", gpu_gb=1.5)
+        multi_gpu.devices_needed(shape, "qlora", "fsdp", gpu_gb=1.5)
 
 
 def test_qlora_70b_ddp_never_fits_24_gb_but_fits_80_gb():
     shape = CODELLAMA["70B"]
     assert per_gpu("70B", "ddp", 2) > 24e9
-    assert memory.devices_needed(shape, "qlora", "ddp", 24, headroom_gb=0) is None
-    assert memory.devices_needed(shape, "qlora", "ddp", 80) == 1
+    assert multi_gpu.devices_needed(shape, "qlora", "ddp", 24, headroom_gb=0) is None
+    assert multi_gpu.devices_needed(shape, "qlora", "ddp", 80) == 1
 
 
 def test_qlora_70b_on_two_24_gb_gpus_fits_on_paper_only_with_cpu_offload_in_practice():
@@ -226,20 +227,20 @@ def test_qlora_70b_on_two_24_gb_gpus_fits_on_paper_only_with_cpu_offload_in_prac
     than what the formula leaves out (HF's measurement below misses 6 to 9 GB)."""
     shape = CODELLAMA["70B"]
     on_paper = per_gpu("70B", "fsdp", 2)
-    assert 24e9 - memory.RUNTIME_HEADROOM_GB * 1e9 < on_paper < 24e9
-    assert memory.devices_needed(shape, "qlora", "fsdp", 24, headroom_gb=0) == 2
+    assert 24e9 - multi_gpu.RUNTIME_HEADROOM_GB * 1e9 < on_paper < 24e9
+    assert multi_gpu.devices_needed(shape, "qlora", "fsdp", 24, headroom_gb=0) == 2
     for headroom in (1, 2, 4, 6, 7):  # the conclusion does not hinge on the allowance
-        assert memory.devices_needed(shape, "qlora", "fsdp", 24, headroom_gb=headroom) == 3
+        assert multi_gpu.devices_needed(shape, "qlora", "fsdp", 24, headroom_gb=headroom) == 3
     assert per_gpu("70B", "fsdp", 2, cpu_offload=True) + 10e9 < 24e9
 
 
 def test_estimate_is_a_lower_bound_of_hf_peft_measurements():
     """HF PEFT: 35.6 GB/GPU without CPU offload, 19.6 GB with, on 2 GPUs (see HF_SETTINGS)."""
     for key, offload in (("no_offload", False), ("offload", True)):
-        estimate = memory.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, cpu_offload=offload, **HF_SETTINGS)
+        estimate = multi_gpu.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, cpu_offload=offload, **HF_SETTINGS)
         missing = HF_MEASURED_GB[key] - estimate.total / 1e9
         assert 0 < missing < 10, (key, estimate.total / 1e9)
-    no_offload = memory.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, **HF_SETTINGS).total
+    no_offload = multi_gpu.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, **HF_SETTINGS).total
     assert no_offload > 24e9  # as measured: without offload, 24 GB GPUs are not enough
 
 
@@ -276,7 +277,7 @@ def test_book_page_comparison_with_hf_equals_the_estimator():
     assert len(rows) == 2, rows
     for kind, estimated, measured in rows:
         key = "offload" if kind == "avec" else "no_offload"
-        estimate = memory.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, cpu_offload=key == "offload",
+        estimate = multi_gpu.per_device_memory(LLAMA_2_70B, "qlora", "fsdp", 2, cpu_offload=key == "offload",
                                             **HF_SETTINGS)
         assert float(estimated.replace(",", ".")) == round(estimate.total / 1e9, 1)
         assert float(measured.replace(",", ".")) == HF_MEASURED_GB[key]

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from qlora_lab._bnb import import_bnb
-from qlora_lab.models import (
+from qlora_lab.backends import import_bnb
+from qlora_lab.model.models import (
     CorruptModelError,
     ModelNotFoundError,
     UnsupportedQuantizationError,
@@ -130,7 +130,7 @@ def test_tokenizer_larger_than_model_vocabulary_is_named(model_copy):
 def test_hub_id_offline_fails_with_one_clear_error():
     """No network attempt (HF_HUB_OFFLINE=1): the message says what was looked for and what to do."""
     code = (
-        "from qlora_lab.models import load_model, ModelNotFoundError\n"
+        "from qlora_lab.model.models import load_model, ModelNotFoundError\n"
         "try:\n"
         "    load_model('codellama/CodeLlama-7b-hf')\n"
         "except ModelNotFoundError as e:\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from qlora_lab.monitoring import TrainingMonitor, gradient_norm, monitored_steps, read_run_report, write_run_report
+from qlora_lab.course.monitoring import TrainingMonitor, gradient_norm, monitored_steps, read_run_report, write_run_report
 
 
 def monitor_with(losses, grad_norm=1.0, **kwargs):

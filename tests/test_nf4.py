@@ -1,29 +1,26 @@
-"""Tests for qlora_lab.nf4: codebooks and blockwise 4-bit quantization equal to bitsandbytes."""
+"""Tests for qlora_lab.quant.nf4: codebooks and blockwise 4-bit quantization equal to bitsandbytes."""
 
 import math
 
 import pytest
 import torch
 
-from qlora_lab._bnb import import_bnb
-from qlora_lab.absmax import fake_quantize
-from qlora_lab.nf4 import (
+from qlora_lab.backends import import_bnb
+from qlora_lab.quant.absmax import fake_quantize
+from qlora_lab.quant.nf4 import (
     BNB_NF4_OFFSET,
     NF4_OFFSET,
     QuantState,
     codebook,
     dequantize_4bit,
     fp4_levels,
-    nearest_code,
-    nearest_code_bucketize,
     int4_levels,
     nf4_levels,
     normal_map,
-    pack_4bit,
     quantize_4bit,
     to_bnb_quant_state,
-    unpack_4bit,
 )
+from qlora_lab.quant.codes import nearest_code, nearest_code_bucketize, pack_4bit, unpack_4bit
 
 F = import_bnb().functional
 
@@ -225,9 +222,9 @@ def test_grid_lookup_equals_bucketize_on_ties_edges_and_random_values(quant_type
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
 def test_chunked_processing_equals_bitsandbytes(monkeypatch, quant_type, double_quant):
-    import qlora_lab.nf4
+    import qlora_lab.quant.nf4
 
-    monkeypatch.setattr(qlora_lab.nf4, "CHUNK_ELEMENTS", 1024)  # 16 blocks of 64 per chunk
+    monkeypatch.setattr(qlora_lab.quant.nf4, "CHUNK_ELEMENTS", 1024)  # 16 blocks of 64 per chunk
     x = torch.randn(37, 301, generator=torch.Generator().manual_seed(11))  # 11137: odd, partial
     packed, state = quantize_4bit(x, quant_type, 64, double_quant)
     bnb_packed, bnb_state = F.quantize_4bit(

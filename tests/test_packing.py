@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from qlora_lab.packing import batches, concatenate, pack_stream, pack_texts, tokenize_documents
-from qlora_lab.tokenization import load_tokenizer
+from qlora_lab.model.packing import batches, concatenate, pack_stream, pack_texts, tokenize_documents
+from qlora_lab.model.tokenization import load_tokenizer
 
 
 @pytest.mark.parametrize("n_tokens, seq_len, offset", [(100, 10, 0), (105, 10, 3), (64, 64, 0), (1000, 7, 6)])

@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from qlora_lab.pretrain import PretrainConfig, configure_parser, learning_rate
+from qlora_lab.cli.pretrain import configure_parser
+from qlora_lab.model.pretrain import PretrainConfig, learning_rate
 
 
 def test_warmup_then_cosine_to_the_floor():
@@ -23,12 +24,12 @@ def test_warmup_then_cosine_to_the_floor():
 )
 def test_bad_config_is_named(changes, match):
     with pytest.raises(ValueError, match=match):
-        PretrainConfig(**changes).check()
+        PretrainConfig(**changes)
 
 
 def test_default_config_fits_bnb_cpu_kernels():
     cfg = PretrainConfig()
-    cfg.check()
+    cfg.validate()
     assert cfg.hidden_size % 64 == 0 and cfg.intermediate_size % 64 == 0
 
 

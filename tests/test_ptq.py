@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from qlora_lab.ptq import (accuracy, inference_seconds, make_mlp, make_task, ptq_report, quantize_dynamic_int8,
+from qlora_lab.quant.ptq import (accuracy, inference_seconds, make_mlp, make_task, ptq_report, quantize_dynamic_int8,
                            serialized_size_bytes, single_thread, speed_by_width, train_classifier)
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from qlora_lab.absmax import fake_quantize
-from qlora_lab.ptq import make_mlp
-from qlora_lab.qat import (QATLinear, make_regression_task, qat_vs_ptq, quantize_weights, ste_fake_quantize,
+from qlora_lab.quant.absmax import fake_quantize
+from qlora_lab.quant.ptq import make_mlp
+from qlora_lab.quant.qat import (QATLinear, make_regression_task, qat_vs_ptq, quantize_weights, ste_fake_quantize,
                            test_mse as mse_on_test, to_qat)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qlora_lab import smoke_tests
+from qlora_lab.course import smoke_tests
 
 
 def tiny_llama():

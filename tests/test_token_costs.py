@@ -2,8 +2,8 @@
 
 import pytest
 
-from qlora_lab import token_costs
-from qlora_lab.tokenization import build_bpe, wrap_for_transformers
+from qlora_lab.course import token_costs
+from qlora_lab.model.tokenization import build_bpe, wrap_for_transformers
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from qlora_lab import corpus
+from qlora_lab.model import corpus
 from qlora_lab.paths import EMBEDDED_MODEL_DIR
-from qlora_lab.tokenization import (
+from qlora_lab.model.tokenization import (
     BOS, EOS, PAD, SPECIAL_TOKENS, UNK, build_bpe, bytes_per_token, load_tokenizer, train_tokenizer,
 )
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from qlora_lab import corpus
-from qlora_lab.models import load_model
-from qlora_lab.validation import LossReport, evaluate_texts, scoring_windows
+from qlora_lab.model import corpus
+from qlora_lab.model.models import load_model
+from qlora_lab.model.validation import LossReport, evaluate_texts, scoring_windows
 
 # The model card's promise, and how much NF4 may cost on top of bf16.
 MAX_BITS_PER_BYTE = 1.27

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from qlora_lab import viz
-from qlora_lab.formats import format_table
+from qlora_lab.course import viz
+from qlora_lab.quant.formats import format_table
 
 
 @pytest.fixture(autouse=True)

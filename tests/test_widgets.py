@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from qlora_lab.widgets import BLOCKSIZES, granularity_errors, outlier_weights, quantization_explorer
+from qlora_lab.course.widgets import BLOCKSIZES, granularity_errors, outlier_weights, quantization_explorer
 
 
 def test_outlier_weights_are_seeded_and_hold_outliers():

@@ -1,9 +1,11 @@
-"""Sphinx extension: fill book/api.md with one autodoc section per public module.
+"""Sphinx extension: fill book/api.md with one section per subpackage of `qlora_lab`,
+and an autodoc block for each of its public modules.
 
-Several authors add modules to `qlora_lab/` at once; generating the `automodule`
-blocks at build time keeps the API reference complete without anyone editing the
-page. A module is public when its file name does not start with an underscore.
-`tests/test_book.py` checks that the built page has a section for each of them.
+Several authors add modules at once; generating the `automodule` blocks at build time
+keeps the API reference complete without anyone editing the page. A module is public
+when no part of its dotted name starts with an underscore (`__init__` gives the
+subpackage's own docstring, `__main__` is a script). `tests/test_book.py` checks that
+the built page has a section for each of them.
 """
 
 from __future__ import annotations
@@ -16,23 +18,32 @@ PACKAGE = "qlora_lab"
 
 
 def public_modules(package_dir: Path) -> list[str]:
-    """Dotted names of the package's public modules, sorted."""
-    return sorted(
-        f"{PACKAGE}.{path.stem}"
-        for path in package_dir.glob("*.py")
-        if not path.stem.startswith("_")
-    )
+    """Dotted names of the package's public modules (subpackages included), sorted."""
+    names = []
+    for path in package_dir.rglob("*.py"):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        if path.stem == "__init__":
+            parts = parts[:-1]
+        if not any(p.startswith("_") for p in parts):
+            names.append(".".join(parts))
+    return sorted(names)
 
 
 def module_sections(modules: list[str]) -> str:
-    """MyST source: a heading and an `automodule` per module.
+    """MyST source: a `##` heading per top-level module or subpackage, a `###` per module in it.
 
     autodoc emits reStructuredText, so the directive must run inside `eval-rst`
     (under MyST it would be parsed as Markdown and print raw `.. py:module::`).
+    A subpackage's heading is followed by its docstring (what it holds, in what order).
     """
-    blocks = [
-        f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n```\n" for name in modules
-    ]
+    blocks = []
+    for name in modules:
+        depth = name.count(".")
+        if depth == 0:
+            continue
+        heading = "##" if depth == 1 else "###"
+        directive = f".. automodule:: {name}"
+        blocks.append(f"{heading} `{name}`\n\n```{{eval-rst}}\n{directive}\n```\n")
     return "\n".join(blocks)
 
 

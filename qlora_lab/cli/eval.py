@@ -1,0 +1,30 @@
+"""`qlora-lab eval`: validation loss of a model, with or without an adapter.
+
+    qlora-lab eval --split domain_validation --adapter runs/finetune/adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from qlora_lab.finetune.adapters import load_with_adapter
+from qlora_lab.model.models import QUANTIZATIONS
+from qlora_lab.model.validation import evaluate_split
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model dir or hub id (default: embedded model)")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory")
+    parser.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS)
+    parser.add_argument("--split", default="domain_validation",
+                        choices=("train", "validation", "domain_train", "domain_validation"))
+    parser.add_argument("--max-files", type=int, default=None, help="only the split's first files")
+    parser.add_argument("--seq-len", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_with_adapter(args.model, args.adapter, args.quantization)
+    report = evaluate_split(model, tokenizer, args.split, max_files=args.max_files, seq_len=args.seq_len)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0

@@ -1,0 +1,68 @@
+"""`qlora-lab finetune`: every FinetuneConfig field is an option of the same name.
+
+    qlora-lab finetune --mode qlora --max-steps 40 --output-dir runs/qlora
+    qlora-lab finetune --output-dir runs/qlora --resume      # after Ctrl-C or a crash
+    qlora-lab finetune --data my_pairs.jsonl --lora-r 16
+    qlora-lab finetune --num-processes 2 --batch-size 4      # DDP through `accelerate launch`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qlora_lab.finetune.adapters import merge_adapter
+from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.data import DataError
+from qlora_lab.finetune.launch import launch
+from qlora_lab.finetune.loop import finetune
+from qlora_lab.finetune.parallel import end_process_group, inside_launch, is_main_process
+from qlora_lab.finetune.rundir import result_dir
+
+PROG = "qlora-lab finetune"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    FinetuneConfig.add_arguments(parser)
+    parser.add_argument("--merge-to", default=None, help="also merge the adapter into a 16-bit copy of the base, saved here")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="data-parallel processes (one per GPU; on CPU they share the cores): "
+                             "re-launches this command with `accelerate launch`")
+    parser.add_argument("--accelerate-config", default=None,
+                        help="an Accelerate config file for that launch, e.g. configs/accelerate/fsdp_qlora.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = FinetuneConfig.from_namespace(args)
+    except ValueError as error:
+        return fail(error)
+    if ((args.num_processes or 1) > 1 or args.accelerate_config) and not inside_launch():
+        argv = config.to_argv() + (["--merge-to", args.merge_to] if args.merge_to else [])
+        try:
+            return launch(argv, args.num_processes, args.accelerate_config, config.output_dir)
+        except ValueError as error:
+            return fail(error)
+    try:
+        result = finetune(config)
+    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
+        return fail(error)
+    finally:
+        end_process_group()
+    s = result.summary
+    if is_main_process():
+        after = f"{s['val_loss_after']:.4f}" if s["val_loss_after"] is not None else "(not measured)"
+        print(f"validation loss {s['val_loss_before']:.4f} -> {after} nats/token; {s['s_per_step'] or 0:.3f} s/step; "
+              f"peak memory {s['peak_memory_mb']:.0f} MiB; results in {result.output_dir}")
+    if s["interrupted"]:
+        return 130
+    if args.merge_to and config.mode != "full" and is_main_process():
+        merged = merge_adapter(result_dir(result.output_dir, config.mode), args.merge_to, config.model)
+        print(f"merged model saved to {merged}")
+    return 0
+
+
+def fail(error: Exception) -> int:
+    kind = "data error" if isinstance(error, DataError) else "error"
+    print(f"{PROG}: {kind}: {error}", file=sys.stderr)
+    return 2

@@ -1,0 +1,32 @@
+"""`qlora-lab generate`: text from the base model, with or without an adapter.
+
+    qlora-lab generate --prompt "def parse_header(" --adapter runs/finetune/adapter --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from qlora_lab.finetune.adapters import load_with_adapter
+from qlora_lab.model.generation import generate
+from qlora_lab.model.models import QUANTIZATIONS
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--model", default=None, help="model dir or hub id (default: embedded model)")
+    parser.add_argument("--adapter", default=None, help="PEFT adapter directory")
+    parser.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--compare", action="store_true", help="print the base model's answer too")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_with_adapter(args.model, args.adapter, args.quantization)
+    text = generate(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature)
+    if args.compare and args.adapter:
+        base = generate(model, tokenizer, args.prompt, args.max_new_tokens, use_adapter=False, temperature=args.temperature)
+        print(f"--- without adapter ---\n{args.prompt}{base}\n--- with adapter ---")
+    print(args.prompt + text)
+    return 0

@@ -1,0 +1,97 @@
+"""The layout of a run directory, and the functions that read it: the one place that knows it.
+
+    runs/qlora/
+        metrics.jsonl          one JSON line per optimizer step (written as training goes)
+        summary.json           the run's result: losses, speed, memory, config
+        checkpoints/step-N/    state.pt (adapters, optimizer, scheduler, RNG), written atomically
+        adapter/               the PEFT adapter (lora, qlora), or model/ for full fine-tuning
+
+The trainer writes it; `compare`, the launcher, the notebooks and the tests read it here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+FULL_MODEL_DIR = "model"
+CHECKPOINT_STATE = "state.pt"
+
+
+def metrics_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / METRICS_FILE
+
+
+def summary_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / SUMMARY_FILE
+
+
+def result_dir(output_dir: str | Path, mode: str) -> Path:
+    """Where the trained result goes: the whole model (full) or the PEFT adapter."""
+    return Path(output_dir) / (FULL_MODEL_DIR if mode == "full" else ADAPTER_DIR)
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (temporary folders of an unfinished save start with '.')."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    done = sorted(root.glob("step-*")) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def read_metrics(output_dir: str | Path, up_to_step: int | None = None) -> list[dict]:
+    """The metrics rows of a run, oldest first (empty when it has not logged a step yet)."""
+    path = metrics_path(output_dir)
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+def truncate_metrics(output_dir: str | Path, up_to_step: int) -> list[dict]:
+    """Keep the rows up to `up_to_step` (a resume redoes the steps after its checkpoint)."""
+    kept = read_metrics(output_dir, up_to_step)
+    metrics_path(output_dir).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def read_summary(output_dir: str | Path) -> dict:
+    path = summary_path(output_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run did not finish")
+    return json.loads(path.read_text())
+
+
+def write_summary(output_dir: str | Path, summary: dict) -> Path:
+    path = summary_path(output_dir)
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return path
+
+
+class MetricsLog:
+    """Appends one JSON line per step and flushes it, so a crash loses at most the current step.
+
+    `enabled=False` (the other processes of a launch) makes every call a no-op.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True) -> None:
+        self.file = metrics_path(output_dir).open("a") if enabled else None
+
+    def write(self, row: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()

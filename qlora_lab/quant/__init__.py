@@ -1,0 +1,7 @@
+"""Quantization formats, each a teaching implementation proven equal to its library.
+
+`absmax` (absmax and zero-point, per tensor, channel or block), `nf4` (NF4, FP4, INT4 by
+blocks, equal to bitsandbytes), `double_quant` (QLoRA §3), `formats` (floating-point
+formats), `gguf` (llama.cpp's q4_0), `ptq` (post-training quantization), `qat`
+(quantization-aware training with a straight-through estimator).
+"""

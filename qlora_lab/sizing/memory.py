@@ -1,0 +1,210 @@
+"""How much memory a model needs: its weights in each format, and a whole training run.
+
+    from qlora_lab.sizing.memory import CODELLAMA, weight_bytes, training_memory
+    weight_bytes(CODELLAMA["7B"], "nf4-dq") / 2**30          # GiB of weights
+    training_memory(CODELLAMA["7B"], "qlora", seq_len=512)   # itemised bytes
+
+Training memory = weights + adapters + gradients + optimizer states + activations
+(+ the framework's own overhead, which no formula knows: CUDA context ~0.3–1 GB).
+Per GPU under DDP or FSDP: `qlora_lab.sizing.multi_gpu`.
+The activation coefficients below were measured on transformers' Llama with
+`torch.autograd.graph.saved_tensors_hooks` (`qlora_lab.hardware.measured_memory.saved_activation_bytes`);
+the test-suite re-measures them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+
+from qlora_lab.quant.gguf import Q4_0_BITS_PER_WEIGHT
+from qlora_lab.finetune.lora import LLAMA_ALL_LINEAR, lora_params_for_shape
+
+WeightFormat = Literal["fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "q4_0"]
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "q4_0")
+Method = Literal["full", "lora", "qlora"]
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+
+
+ADAMW_STATE_BYTES = 8  # two fp32 moments (m, v) per trained parameter
+GIB = 2**30
+NF4_CODE_BITS = 4  # one 4-bit code per weight; absmax and double-quant state come on top
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a Llama-family decoder, enough to count every parameter."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab: int
+    tie_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    def linear_params(self) -> int:
+        """Weights of the decoder layers' linear maps (what bitsandbytes quantizes)."""
+        kv = self.n_kv_heads * self.head_dim
+        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * kv  # q, o + k, v
+        mlp = 3 * self.hidden * self.intermediate  # gate, up, down (SwiGLU)
+        return self.n_layers * (attention + mlp)
+
+    def other_params(self) -> int:
+        """Embeddings, lm_head (if untied) and RMSNorm scales: kept in 16 bits by bitsandbytes."""
+        embeddings = self.vocab * self.hidden * (1 if self.tie_embeddings else 2)
+        norms = (2 * self.n_layers + 1) * self.hidden
+        return embeddings + norms
+
+    @property
+    def n_params(self) -> int:
+        return self.linear_params() + self.other_params()
+
+    @classmethod
+    def from_config(cls, config, name: str = "") -> "ModelShape":
+        """From a transformers LlamaConfig (e.g. the embedded model's `model.config`)."""
+        return cls(
+            name=name or getattr(config, "name_or_path", "") or "model",
+            hidden=config.hidden_size, intermediate=config.intermediate_size,
+            n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            vocab=config.vocab_size, tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+
+# CodeLlama shapes (Rozière et al. 2023; the checkpoints' config.json). 34B and 70B use GQA.
+CODELLAMA: dict[str, ModelShape] = {
+    "7B": ModelShape("CodeLlama-7B", 4096, 11008, 32, 32, 32, 32016),
+    "13B": ModelShape("CodeLlama-13B", 5120, 13824, 40, 40, 40, 32016),
+    "34B": ModelShape("CodeLlama-34B", 8192, 22016, 48, 64, 8, 32000),
+    "70B": ModelShape("CodeLlama-70B", 8192, 28672, 80, 64, 8, 32016),
+}
+
+
+def bits_per_linear_weight(fmt: str) -> float:
+    """Storage bits per weight of a quantized linear layer, constants included.
+
+    Raises:
+        ValueError: unknown format.
+    """
+    from qlora_lab.quant.double_quant import bits_per_param
+
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"fmt={fmt!r} is not one of {WEIGHT_FORMATS}")
+    if fmt == "fp32":
+        return 32.0
+    if fmt in ("fp16", "bf16"):
+        return 16.0
+    if fmt == "int8":
+        return 8.0  # LLM.int8: one fp32 scale per output row on top, counted in weight_bytes
+    if fmt == "q4_0":
+        return Q4_0_BITS_PER_WEIGHT  # llama.cpp/GGUF: blocks of 32 with an fp16 scale
+    return float(bits_per_param(blocksize=64, double_quant=(fmt == "nf4-dq")))
+
+
+def weight_bytes(shape: ModelShape, fmt: str) -> float:
+    """Bytes of all weights when the linear layers are stored as `fmt`.
+
+    fp32/fp16/bf16 store everything in that dtype. int8, NF4 and q4_0 quantize the
+    decoder's linear layers only; embeddings, lm_head and norms stay in 16 bits, as
+    bitsandbytes does (llama.cpp also quantizes the embeddings: a few % less).
+    """
+    if fmt == "fp32":
+        return 4.0 * shape.n_params
+    if fmt in ("fp16", "bf16"):
+        return 2.0 * shape.n_params
+    linear = shape.linear_params() * bits_per_linear_weight(fmt) / 8
+    if fmt == "int8":
+        linear += 4.0 * shape.n_layers * (3 * shape.hidden + 2 * shape.n_kv_heads * shape.head_dim + 2 * shape.intermediate)
+    return linear + 2.0 * shape.other_params()
+
+
+def activation_bytes(
+    shape: ModelShape, seq_len: int, batch: int = 1, gradient_checkpointing: bool = False,
+    attention: Literal["sdpa", "eager"] = "sdpa",
+) -> float:
+    """Activations saved for the backward pass, bf16 compute (bytes).
+
+    Per layer, measured on transformers' Llama: 24·s·b·h + 8·s·b·ff bytes, plus
+    6·a·s²·b for eager attention (softmax kept in fp32 + bf16 probabilities); fused SDPA
+    kernels keep only a log-sum-exp. The head keeps fp32 logits: 4·s·b·V. With gradient
+    checkpointing only each layer's input (2·s·b·h) is kept, and one layer is recomputed
+    at a time during the backward pass.
+    """
+    if seq_len <= 0 or batch <= 0:
+        raise ValueError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention={attention!r} must be 'sdpa' or 'eager'")
+    tokens = seq_len * batch
+    per_layer = 24 * tokens * shape.hidden + 8 * tokens * shape.intermediate
+    if attention == "eager":
+        per_layer += 6 * shape.n_heads * seq_len * tokens
+    head = 4 * tokens * shape.vocab + 8 * tokens * shape.hidden
+    if gradient_checkpointing:
+        return shape.n_layers * 2 * tokens * shape.hidden + per_layer + head
+    return shape.n_layers * per_layer + head
+
+
+@dataclass
+class TrainingMemory:
+    """Itemised training memory in bytes."""
+
+    ITEMS: ClassVar[tuple[str, ...]] = ("weights", "adapters", "gradients", "optimizer", "activations")
+
+    method: str
+    weights: float
+    adapters: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, k) for k in self.ITEMS)
+
+    def as_gib(self) -> dict[str, float]:
+        """Every item and the total in GiB, rounded for display."""
+        items = {k: getattr(self, k) for k in self.ITEMS}
+        items["total"] = self.total
+        return {k: round(v / GIB, 2) for k, v in items.items()}
+
+
+def training_memory(
+    shape: ModelShape, method: str, seq_len: int = 512, batch: int = 1, r: int = 16,
+    target_modules: Iterable[str] = LLAMA_ALL_LINEAR, gradient_checkpointing: bool = True,
+    optimizer_state_bytes: float = ADAMW_STATE_BYTES,
+) -> TrainingMemory:
+    """Training memory of full fine-tuning, 16-bit LoRA or QLoRA (NF4 + DQ base).
+
+    full: bf16 weights and gradients + fp32 AdamW moments = 12 bytes/param (the QLoRA
+    paper's "> 780 GB" for 65B). LoRA/QLoRA: frozen base, fp32 adapters (PEFT's default)
+    with their gradients and AdamW moments.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    activations = activation_bytes(shape, seq_len, batch, gradient_checkpointing)
+    if method == "full":
+        n = shape.n_params
+        return TrainingMemory(method, 2.0 * n, 0.0, 2.0 * n, optimizer_state_bytes * n, activations)
+    n_adapter = lora_params_for_shape(shape.hidden, shape.intermediate, shape.n_layers, shape.n_heads,
+                                      shape.n_kv_heads, r=r, target_modules=target_modules)
+    base = weight_bytes(shape, "bf16" if method == "lora" else "nf4-dq")
+    return TrainingMemory(method, base, 4.0 * n_adapter, 4.0 * n_adapter, optimizer_state_bytes * n_adapter, activations)
+
+
+def smallest_gpu_that_fits(total_bytes: float, sizes_gb: Iterable[float] = (8, 12, 16, 24, 40, 48, 80)) -> float | None:
+    """The smallest common GPU memory size (GB = 1e9 bytes) holding `total_bytes`, or None."""
+    for size in sorted(sizes_gb):
+        if total_bytes <= size * 1e9:
+            return size
+    return None
