@@ -34,7 +34,7 @@ PARALLEL_SENTENCES: tuple[tuple[str, str], ...] = (
 def english_sample() -> str:
     """English prose written by the course: the docstrings of the qlora_lab modules."""
     docs = []
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)):

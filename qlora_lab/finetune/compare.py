@@ -45,6 +45,8 @@ def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: s
 
     overrides: other FinetuneConfig fields, e.g. data="instructions", seq_len=128.
     """
+    from tqdm.auto import tqdm
+
     output_dir = Path(output_dir)
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -52,8 +54,6 @@ def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: s
     configs = [FinetuneConfig(mode=mode, max_steps=steps, output_dir=str(output_dir / mode), **overrides)
                for mode in modes]  # every setting checked before the first run
     rows = []
-    from tqdm.auto import tqdm
-
     for config in tqdm(configs, desc="modes comparés", unit="mode"):
         summary = finetune_in_subprocess(config)["summary"]
         rows.append({k: summary[k] for k in COLUMNS} | {"device": summary["device"], "memory_kind": summary["memory_kind"]})
