@@ -4,6 +4,12 @@ Teaching implementations of quantization (absmax, NF4, double quantization), eac
 proven equal to bitsandbytes by the test-suite, plus the wiring that runs real 4-bit
 QLoRA fine-tuning with transformers + PEFT + bitsandbytes on a CPU or a GPU.
 
+The folders follow the course: ``quant`` (formats), ``model`` (the embedded mini
+CodeLlama), ``finetune`` (the training loop and everything around it), ``sizing``
+(FLOPs, memory, GPUs), ``hardware`` (the machine), ``course`` (notebook helpers),
+``cli`` (the ``qlora-lab`` command) and ``grading`` (the labs). Each layer imports only
+the ones below it (``.importlinter``).
+
 Heavy libraries (transformers, peft, bitsandbytes) are imported lazily inside the
 modules that need them, so ``import qlora_lab`` is instant.
 """
