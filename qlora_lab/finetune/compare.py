@@ -22,15 +22,10 @@ import torch
 
 from qlora_lab.finetune.config import MODES, FinetuneConfig
 from qlora_lab.finetune.launch import finetune_in_subprocess, run_captured
-from qlora_lab.finetune.lora import LLAMA_ALL_LINEAR
+from qlora_lab.model.llama_shapes import CODELLAMA, LLAMA_ALL_LINEAR, ModelShape
 
-# Llama shapes: CodeLlama-7B (hidden 4096, 32 layers, 32 heads, FFN 11008, vocab 32016).
-SHAPES = {
-    "codellama-7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                         intermediate_size=11008, vocab_size=32016),
-    "tiny": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=704, vocab_size=32016),
-}
+# Random-init shapes: CodeLlama-7B's own, and a tiny one that a CPU trains in seconds.
+SHAPES = {"codellama-7b": CODELLAMA["7B"], "tiny": ModelShape("tiny", 256, 704, 2, 4, 4, 32016)}
 COLUMNS = ("mode", "peak_memory_mb", "s_per_step", "tokens_per_s", "val_loss_before", "val_loss_after", "trainable_params")
 
 
@@ -67,7 +62,7 @@ def build_random_model(shape: str, mode: str, device: torch.device):
     """A Llama of `shape` with random bf16 weights; for qlora its block linears become NF4+DQ."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
+    config = LlamaConfig(**SHAPES[shape].llama_config_kwargs(), max_position_embeddings=4096)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -121,7 +116,7 @@ def measure_training_step(shape: str, mode: str, seq_len: int = 512, steps: int 
                                                      task_type="CAUSAL_LM"))
             params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        ids = torch.randint(0, SHAPES[shape]["vocab_size"], (1, seq_len), device=device)
+        ids = torch.randint(0, SHAPES[shape].vocab, (1, seq_len), device=device)
         reset_peak_memory(device)
         times = []
         for i in range(steps + 1):

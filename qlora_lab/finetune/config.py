@@ -16,7 +16,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from qlora_lab.finetune.lora import LLAMA_ALL_LINEAR
+from qlora_lab.model.llama_shapes import LLAMA_ALL_LINEAR
 
 MODES = ("full", "lora", "qlora")
 PAGED_OPTIMIZERS = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}  # bnb.optim

@@ -16,27 +16,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-# Names of the linear layers of a Llama decoder layer, with PEFT's usual shorthand.
-LLAMA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-LLAMA_MLP = ("gate_proj", "up_proj", "down_proj")
-LLAMA_ALL_LINEAR = LLAMA_ATTENTION + LLAMA_MLP
-
+from qlora_lab.model.llama_shapes import LLAMA_ALL_LINEAR, llama_linear_shapes
 
 def lora_params_per_linear(d_in: int, d_out: int, r: int) -> int:
     """Trainable numbers of one LoRA adapter: A (r × d_in) + B (d_out × r)."""
     if r <= 0:
         raise ValueError(f"r must be a positive rank, got r={r}")
     return r * (d_in + d_out)
-
-
-def llama_linear_shapes(hidden: int, intermediate: int, n_heads: int, n_kv_heads: int) -> dict[str, tuple[int, int]]:
-    """(d_in, d_out) of each linear layer of one Llama decoder layer (GQA aware)."""
-    head_dim = hidden // n_heads
-    kv = n_kv_heads * head_dim
-    return {
-        "q_proj": (hidden, hidden), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (hidden, hidden),
-        "gate_proj": (hidden, intermediate), "up_proj": (hidden, intermediate), "down_proj": (intermediate, hidden),
-    }
 
 
 def lora_params_for_shape(

@@ -20,7 +20,8 @@ from typing import ClassVar, Literal
 
 
 from qlora_lab.quant.gguf import Q4_0_BITS_PER_WEIGHT
-from qlora_lab.finetune.lora import LLAMA_ALL_LINEAR, lora_params_for_shape
+from qlora_lab.finetune.lora import lora_params_for_shape
+from qlora_lab.model.llama_shapes import CODELLAMA, LLAMA_ALL_LINEAR, ModelShape  # noqa: F401 (CODELLAMA: part of this API)
 
 WeightFormat = Literal["fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "q4_0"]
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "nf4", "nf4-dq", "q4_0")
@@ -31,61 +32,6 @@ METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 ADAMW_STATE_BYTES = 8  # two fp32 moments (m, v) per trained parameter
 GIB = 2**30
 NF4_CODE_BITS = 4  # one 4-bit code per weight; absmax and double-quant state come on top
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The dimensions of a Llama-family decoder, enough to count every parameter."""
-
-    name: str
-    hidden: int
-    intermediate: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    vocab: int
-    tie_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_heads
-
-    def linear_params(self) -> int:
-        """Weights of the decoder layers' linear maps (what bitsandbytes quantizes)."""
-        kv = self.n_kv_heads * self.head_dim
-        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * kv  # q, o + k, v
-        mlp = 3 * self.hidden * self.intermediate  # gate, up, down (SwiGLU)
-        return self.n_layers * (attention + mlp)
-
-    def other_params(self) -> int:
-        """Embeddings, lm_head (if untied) and RMSNorm scales: kept in 16 bits by bitsandbytes."""
-        embeddings = self.vocab * self.hidden * (1 if self.tie_embeddings else 2)
-        norms = (2 * self.n_layers + 1) * self.hidden
-        return embeddings + norms
-
-    @property
-    def n_params(self) -> int:
-        return self.linear_params() + self.other_params()
-
-    @classmethod
-    def from_config(cls, config, name: str = "") -> "ModelShape":
-        """From a transformers LlamaConfig (e.g. the embedded model's `model.config`)."""
-        return cls(
-            name=name or getattr(config, "name_or_path", "") or "model",
-            hidden=config.hidden_size, intermediate=config.intermediate_size,
-            n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads,
-            n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-            vocab=config.vocab_size, tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        )
-
-
-# CodeLlama shapes (Rozière et al. 2023; the checkpoints' config.json). 34B and 70B use GQA.
-CODELLAMA: dict[str, ModelShape] = {
-    "7B": ModelShape("CodeLlama-7B", 4096, 11008, 32, 32, 32, 32016),
-    "13B": ModelShape("CodeLlama-13B", 5120, 13824, 40, 40, 40, 32016),
-    "34B": ModelShape("CodeLlama-34B", 8192, 22016, 48, 64, 8, 32000),
-    "70B": ModelShape("CodeLlama-70B", 8192, 28672, 80, 64, 8, 32016),
-}
 
 
 def bits_per_linear_weight(fmt: str) -> float:
