@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from qlora_lab.cli.options import add_model_options
 from qlora_lab.finetune.adapters import load_with_adapter
-from qlora_lab.model.models import QUANTIZATIONS
 from qlora_lab.model.validation import evaluate_split
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model dir or hub id (default: embedded model)")
-    parser.add_argument("--adapter", default=None, help="PEFT adapter directory")
-    parser.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS)
+    add_model_options(parser)
     parser.add_argument("--split", default="domain_validation",
                         choices=("train", "validation", "domain_train", "domain_validation"))
     parser.add_argument("--max-files", type=int, default=None, help="only the split's first files")

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+from qlora_lab.cli.options import add_model_options
 from qlora_lab.finetune.adapters import load_with_adapter
 from qlora_lab.model.generation import generate
-from qlora_lab.model.models import QUANTIZATIONS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="text to continue")
-    parser.add_argument("--model", default=None, help="model dir or hub id (default: embedded model)")
-    parser.add_argument("--adapter", default=None, help="PEFT adapter directory")
-    parser.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS)
+    add_model_options(parser)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--compare", action="store_true", help="print the base model's answer too")
