@@ -83,3 +83,15 @@ def test_tradeoff_has_two_y_axes():
     left, right = fig.axes
     assert left.get_xscale() == "log" and left.get_ylabel() == "erreur" and right.get_ylabel() == "bits"
     assert list(right.get_lines()[0].get_ydata()) == [5.0, 4.5, 4.25]
+
+
+def test_live_loss_plot_is_a_finetune_callback_that_draws_every_row_so_far():
+    plot = viz.LiveLossPlot()
+    rows = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.5, "val_loss": 3.9}, {"step": 3, "loss": 3.2}]
+    for row in rows:
+        plot(row)  # what finetune() does with each metrics row
+    train, val = plot.ax.get_lines()
+    assert list(train.get_xdata()) == [1, 2, 3] and list(train.get_ydata()) == [4.0, 3.5, 3.2]
+    assert list(val.get_xdata()) == [2] and list(val.get_ydata()) == [3.9]
+    assert [t.get_text() for t in plot.ax.get_legend().get_texts()] == ["entraînement", "validation"]
+    assert plot.ax.get_xlabel() == "pas"
