@@ -120,5 +120,56 @@ def test_model_weight_bytes_table():
         model_weight_bytes(7e9, 0)
 
 
-def test_second_level_blocksize_is_256():
-    assert DQ_BLOCKSIZE == 256
+def test_second_level_blocksize_is_the_one_bitsandbytes_uses():
+    w = torch.randn(64, 64 * 300, generator=torch.Generator().manual_seed(2))  # 19200 blocks of 64
+    _, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert state.state2.blocksize == DQ_BLOCKSIZE
+    _, _, absmax2, _ = quantize_absmax(w.abs().view(-1, 64).amax(dim=1))  # 19200 constants
+    assert absmax2.shape == state.state2.absmax.shape == (-(-19200 // DQ_BLOCKSIZE),)
+
+
+# --- bits_per_param against the bytes of real bitsandbytes states, every blocksize ------------
+
+N_WEIGHTS = 512 * 512  # a multiple of 32 · 128 and 256 · 256: every block is full
+
+
+def measured_bits(blocksize: int, dq_blocksize: int | None) -> float:
+    """Bits per weight that bitsandbytes really stores: codes + absmax (+ state2.absmax).
+
+    The nested level is bitsandbytes' own `quantize_blockwise` of the centred constants, as
+    `quantize_4bit(compress_statistics=True)` does it (which fixes dq_blocksize at 256).
+    Fixed-size tables (the 16- and 256-value codes, the offset) are left out, as in the formula.
+    """
+    w = torch.randn(512, 512, generator=torch.Generator().manual_seed(blocksize))
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=False)
+    nbytes = packed.numel() * packed.element_size()
+    if dq_blocksize is None:
+        nbytes += state.absmax.numel() * state.absmax.element_size()  # float32
+    else:
+        qabsmax, state2 = F.quantize_blockwise(state.absmax - state.absmax.mean(), blocksize=dq_blocksize)
+        assert qabsmax.dtype == torch.uint8 and state2.absmax.dtype == torch.float32
+        nbytes += qabsmax.numel() + state2.absmax.numel() * 4
+    return nbytes * 8 / N_WEIGHTS
+
+
+def check_bits_per_param_matches_bitsandbytes(bits_fn) -> None:
+    """Shared with tests/test_planted_mutants.py: `bits_fn` is a bits_per_param."""
+    for blocksize in (32, 64, 128, 256):
+        assert bits_fn(blocksize, double_quant=False) == measured_bits(blocksize, None), blocksize
+        for dq_blocksize in (128, 256):
+            expected = measured_bits(blocksize, dq_blocksize)
+            assert bits_fn(blocksize, True, dq_blocksize) == pytest.approx(expected, rel=1e-12), (blocksize, dq_blocksize)
+
+
+def test_bits_per_param_matches_bitsandbytes_at_every_blocksize():
+    check_bits_per_param_matches_bitsandbytes(bits_per_param)
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
+def test_bits_per_param_matches_quantize_4bit_with_compressed_statistics(blocksize):
+    w = torch.randn(512, 512, generator=torch.Generator().manual_seed(blocksize))
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=True)
+    parts = quant_state_breakdown(packed, state)
+    tables = parts["code"] + parts["nested_code"] + parts["offset"]
+    measured = (quant_state_nbytes(packed, state) - tables) * 8 / w.numel()
+    assert measured == pytest.approx(bits_per_param(blocksize, True, state.state2.blocksize), rel=1e-12)

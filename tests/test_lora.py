@@ -60,3 +60,52 @@ def test_bad_rank_and_target_are_clear_errors():
         lora.lora_params_per_linear(8, 8, 0)
     with pytest.raises(ValueError, match="lm_head"):
         lora.lora_params_for_shape(64, 160, 2, 4, target_modules=["lm_head"])
+
+
+# --- our own alpha / r, checked before anything is copied from PEFT --------------------------
+
+def check_lora_layer_follows_the_paper(layer_cls) -> None:
+    """y = W x + b + (alpha/r)·B·A·x on a case small enough to compute by hand.
+
+    Shared with tests/test_planted_mutants.py: `layer_cls` is a LoRALinear class.
+    """
+    base = nn.Linear(2, 2)
+    with torch.no_grad():
+        base.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        base.bias.copy_(torch.tensor([0.5, -0.5]))
+    layer = layer_cls(base, r=2, alpha=6.0)
+    assert layer.scaling == 3.0  # alpha / r = 6 / 2
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.tensor([[1.0, 1.0], [0.0, 2.0]]))  # (r, d_in)
+        layer.lora_B.copy_(torch.tensor([[1.0, 0.0], [1.0, -1.0]]))  # (d_out, r)
+    x = torch.tensor([[1.0, 2.0]])
+    # A x = (3, 4); B A x = (3, -1); times alpha/r = (9, -3); plus W x + b = (1.5, 1.5)
+    torch.testing.assert_close(layer(x), torch.tensor([[10.5, -1.5]]))
+    # merged: W + 3·B·A = I + 3·[[1, 1], [1, -1]]
+    torch.testing.assert_close(layer.merged_weight(), torch.tensor([[4.0, 3.0], [3.0, -2.0]]))
+
+
+def test_lora_layer_computes_w_x_plus_alpha_over_r_b_a_x_by_hand():
+    check_lora_layer_follows_the_paper(lora.LoRALinear)
+
+
+@pytest.mark.parametrize("r, alpha", [(1, 1.0), (2, 4.0), (8, 16.0), (16, 8.0), (64, 128.0)])
+def test_our_scaling_is_alpha_over_r_like_peft_without_copying_it(r, alpha):
+    """Only A and B come from PEFT; the scaling is our own, compared with PEFT's afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(nn.Sequential(nn.Linear(32, 24)), LoraConfig(r=r, lora_alpha=alpha, target_modules=["0"]))
+    peft_layer = peft_model.base_model.model[0]
+    with torch.no_grad():
+        peft_layer.lora_B["default"].weight.normal_()
+    ours = lora.LoRALinear(nn.Linear(32, 24), r=r, alpha=alpha)
+    assert ours.scaling == alpha / r == peft_layer.scaling["default"]
+    ours.base.load_state_dict(peft_layer.base_layer.state_dict())
+    with torch.no_grad():
+        ours.lora_A.copy_(peft_layer.lora_A["default"].weight)
+        ours.lora_B.copy_(peft_layer.lora_B["default"].weight)
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(ours(x), peft_model(x))
+    explicit = x @ ours.base.weight.T + ours.base.bias + (alpha / r) * (x @ ours.lora_A.T @ ours.lora_B.T)
+    torch.testing.assert_close(ours(x), explicit)
