@@ -1,15 +1,18 @@
-"""Instructor workflow for the graded labs: release, autograde, feedback, export (nbgrader).
+"""Instructor workflow for the graded labs: release, sandboxed grading, feedback, export.
 
     python -m qlora_lab.grading release labs   # source/ -> release/ (what students get)
     python -m qlora_lab.grading grade labs     # submitted/ -> autograded/, feedback/, grades.csv
     python -m qlora_lab.grading feedback labs  # feedback HTML only (after manual grading)
     python -m qlora_lab.grading export labs    # grades.csv only
 
-`make labs-release` and `make labs-grade` call the first two. Every step runs the real
-`nbgrader` command in the labs folder (where nbgrader_config.py lives), with the venv's
-bin/ first on PATH: nbgrader calls `alembic` by name to create its SQLite gradebook.
-Each nbgrader command runs once over every student and lab (one process, not one per
-submission). Course id, timeouts and the feedback settings are in labs/nbgrader_config.py.
+`make labs-release` and `make labs-grade` call the first two. Release, feedback and
+export run the real `nbgrader` commands in the labs folder (nbgrader_config.py), with the
+venv's bin/ first on PATH (nbgrader calls `alembic` by name). Grading does not use
+`nbgrader autograde`: each submission runs in its own sandbox (sandbox.py), its answers
+are checked outside by the hidden tests of labs/checks/ (answers.py, grader.py), and the
+scores go into nbgrader's gradebook (store.py), which only this process writes. One
+submission that crashes, loops or cannot be read is flagged "to review" and never stops
+the class. Every feedback page is checked for hidden-test lines before it is published.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from qlora_lab.grading import report, sandbox, store
+from qlora_lab.grading.answers import load_checks
+from qlora_lab.grading.grader import LabContext, Result, grade_submission
+from qlora_lab.grading.preprocessors import HideHiddenTests  # noqa: F401  (re-exported for tests)
 
 
 # Where the feedback HTML looks for MathJax (see HTMLExporter.mathjax_url in the config).
@@ -78,12 +86,62 @@ def release(labs_dir: Path) -> list[str]:
     return labs
 
 
-def autograde(labs_dir: Path) -> None:
-    """Autograde every submission under submitted/ (one nbgrader run for all of them)."""
+def cell_timeout_function(labs_dir: Path):
+    """The per-cell time limit of nbgrader_config.py (Execute.timeout_func, else Execute.timeout)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(labs_dir)).load_config()
+    default = float(config.Execute.get("timeout", 30))
+    function = config.Execute.get("timeout_func")
+    return function if callable(function) else (lambda cell: default)
+
+
+def submissions(labs_dir: Path) -> list[tuple[str, str, Path]]:
+    """(student, lab, notebook path) of every submitted/<student>/<lab>/ folder of a known lab."""
+    labs = set(lab_ids(labs_dir))
+    found = []
+    for folder in sorted((labs_dir / "submitted").glob("*/*")):
+        if folder.is_dir() and folder.name in labs:
+            found.append((folder.parent.name, folder.name, folder / f"{folder.name}.ipynb"))
+    return found
+
+
+def lab_context(labs_dir: Path, lab: str, hidden: list[Path]) -> LabContext:
+    """What every submission of `lab` shares (the release, the checks and their inputs)."""
+    import nbformat
+
+    release_nb = nbformat.read(str(labs_dir / "release" / lab / f"{lab}.ipynb"), as_version=4)
+    checks = load_checks(labs_dir, lab)
+    inputs = {gid: check.inputs() for gid, check in checks.items()}
+    return LabContext(labs_dir, lab, release_nb, checks, inputs, cell_timeout_function(labs_dir), hidden)
+
+
+def autograde(labs_dir: Path) -> list[Result]:
+    """Grade every submission under submitted/, each in its own sandbox; write the report."""
     labs_dir = check_labs_dir(labs_dir)
-    if not any((labs_dir / "submitted").glob("*/*/*.ipynb")):
+    todo = submissions(labs_dir)
+    if not todo:
         raise ValueError(f"no submission under {labs_dir / 'submitted'} (expected submitted/<student>/<lab>/<lab>.ipynb)")
-    run_nbgrader(labs_dir, "autograde", "*", "--force")
+    hidden = [labs_dir]
+    sandbox.check_sandbox(hidden)
+    saved = store.backup(labs_dir)
+    store.clear_previous_run(labs_dir, FEEDBACK_MATHJAX_DIR)
+    if saved:
+        print(f"gradebook backed up in {saved}", file=sys.stderr)
+    contexts, results = {}, []
+    for student, lab, path in todo:
+        if lab not in contexts:
+            contexts[lab] = lab_context(labs_dir, lab, hidden)
+        result = grade_submission(contexts[lab], student, path)
+        print(f"graded {student}/{lab} in {result.seconds:.1f} s" + (f" - TO REVIEW: {result.to_review}"
+              if result.to_review else ""), file=sys.stderr)
+        results.append(result)
+    maxima = {lab: store.max_scores(labs_dir, lab) for lab in contexts}
+    entries = [{"student": r.student, "lab": r.lab, "score": sum(v or 0.0 for v in r.scores.values()),
+                "max": sum(p for p, _ in maxima[r.lab].values()), "seconds": round(r.seconds, 2),
+                "to_review": r.to_review, "cells": r.scores} for r in results]
+    print(report.write_report(labs_dir, entries, []))
+    return results
 
 
 def copy_mathjax(feedback_dir: Path) -> Path:
@@ -97,19 +155,47 @@ def copy_mathjax(feedback_dir: Path) -> Path:
     return target
 
 
+class FeedbackLeak(RuntimeError):
+    """A feedback page showed a hidden-test line: it was not published."""
+
+
 def feedback(labs_dir: Path) -> list[Path]:
-    """Feedback HTML for every autograded submission, hidden tests removed, math offline."""
+    """Feedback HTML for every graded submission, math offline, each page checked for hidden-test lines.
+
+    nbgrader writes the pages to feedback.staging/; a page is moved to feedback/ only if
+    it shows no hidden-test line. Raise FeedbackLeak (after publishing the clean ones) otherwise.
+    """
     labs_dir = check_labs_dir(labs_dir)
-    run_nbgrader(labs_dir, "generate_feedback", "*", "--force")
+    staging = labs_dir / "feedback.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    run_nbgrader(labs_dir, "generate_feedback", "*", "--force", f"--CourseDirectory.feedback_directory={staging.name}")
+    hidden, leaked, published = {}, [], []
+    for page in sorted(staging.glob("*/*/*.html")):
+        student, lab = page.parent.parent.name, page.parent.name
+        hidden.setdefault(lab, report.hidden_lines(labs_dir, lab))
+        own = labs_dir / "autograded" / student / lab / f"{lab}.ipynb"  # the student's own code is no leak
+        found = report.leaks(page.read_text(errors="replace"), report.shown_elsewhere(hidden[lab], own))
+        if found:
+            leaked.append(f"{student}/{lab}: {found[0]!r}")
+            continue
+        target = labs_dir / "feedback" / student / lab / page.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(page, target)
+        published.append(target)
+    shutil.rmtree(staging, ignore_errors=True)
     copy_mathjax(labs_dir / "feedback")
-    return sorted((labs_dir / "feedback").glob("*/*/*.html"))
+    if leaked:
+        raise FeedbackLeak(f"feedback NOT published for {len(leaked)} submission(s), it showed hidden tests: "
+                           + "; ".join(leaked))
+    return published
 
 
 def export(labs_dir: Path, csv_name: str = "grades.csv") -> Path:
-    """Write the gradebook as CSV (one row per student and lab) and return its path."""
+    """Write the gradebook as CSV (one row per student and lab, plus `to_review`) and return its path."""
     labs_dir = check_labs_dir(labs_dir)
-    run_nbgrader(labs_dir, "export", "--to", csv_name)
-    return labs_dir / csv_name
+    exported = labs_dir / f".{csv_name}.nbgrader"
+    run_nbgrader(labs_dir, "export", "--to", exported.name)
+    return report.write_csv(exported, labs_dir / csv_name, report.read_review(labs_dir))
 
 
 def registered_labs(labs_dir: Path) -> set[str]:
@@ -129,11 +215,11 @@ def grade(labs_dir: Path) -> Path:
     if not set(lab_ids(labs_dir)) <= registered_labs(labs_dir):
         release(labs_dir)
     autograde(labs_dir)
-    feedback(labs_dir)
-    return export(labs_dir)
-
-
-# ------------------------------------------------------------- feedback preprocessing
+    try:
+        feedback(labs_dir)
+    finally:
+        csv_path = export(labs_dir)  # every student gets a CSV row, even when a page leaked
+    return csv_path
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -152,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         print(error.stdout, error.stderr, sep="\n", file=sys.stderr)
         print(f"nbgrader failed: {' '.join(error.cmd)}", file=sys.stderr)
         return 1
-    if isinstance(result, list):
+    except (sandbox.SandboxUnavailable, FeedbackLeak, ValueError) as error:
+        print(f"grading refused: {error}" if isinstance(error, sandbox.SandboxUnavailable) else str(error),
+              file=sys.stderr)
+        return 1
+    if isinstance(result, list) and args.step != "autograde":
         print("\n".join(map(str, result)))
     elif result is not None:
         print(result)
