@@ -55,7 +55,7 @@ def main() -> None:
         parser.error(f"--global-batch {args.global_batch} is not divisible by --processes {args.processes}")
     load_1min = os.getloadavg()[0]
     out = Path(args.output_dir)
-    base = dict(max_steps=args.steps, **RUN)
+    base = dict(max_steps=args.steps, overwrite=True, **RUN)  # a new benchmark replaces the previous runs
 
     single = finetune_process(FinetuneConfig(batch_size=args.global_batch, output_dir=str(out / "single"), **base))
     report = {"device": single["device"], "cpu": cpu_model_and_flags()[0], "load_avg_1min_at_start": load_1min, "steps": args.steps,

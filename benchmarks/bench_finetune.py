@@ -41,7 +41,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     result = finetune(FinetuneConfig(mode="qlora", max_steps=args.quality_steps, learning_rate=5e-3,
-                                     output_dir=f"{args.output_dir}/quality", **SPEED))
+                                     output_dir=f"{args.output_dir}/quality", overwrite=True, **SPEED))
     wall = time.perf_counter() - t0
     s = result.summary
     report = {

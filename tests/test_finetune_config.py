@@ -15,7 +15,8 @@ CHANGED = {
     "quant_storage": "bf16", "learning_rate": 3.3e-4, "lr_schedule": "linear", "warmup_steps": 7, "max_steps": 0,
     "epochs": 1.5, "batch_size": 3, "gradient_accumulation": 2, "seq_len": 96, "gradient_checkpointing": True,
     "optimizer": "paged_adamw_8bit", "weight_decay": 0.01, "max_grad_norm": 0.5, "seed": 42, "eval_every": 5,
-    "eval_examples": 9, "save_every": 3, "output_dir": "runs/elsewhere", "resume": True, "dist_timeout_s": 30,
+    "eval_examples": 9, "save_every": 3, "keep_checkpoints": 5, "output_dir": "runs/elsewhere", "resume": True,
+    "overwrite": True, "dist_timeout_s": 30,
 }
 
 
@@ -75,6 +76,10 @@ def test_boolean_options_take_a_value_or_stand_alone():
     ({"learning_rate": 0.0}, "learning_rate=0.0"), ({"target_modules": ()}, "target_modules is empty"),
     ({"eval_examples": 0}, "eval_examples=0"), ({"dist_timeout_s": 0}, "dist_timeout_s=0"),
     ({"gradient_accumulation": 0}, "gradient_accumulation=0"), ({"lora_alpha": 0}, "lora_alpha=0"),
+    ({"warmup_steps": -1}, "warmup_steps=-1"), ({"eval_every": -5}, "eval_every=-5"),
+    ({"save_every": -1}, "save_every=-1"), ({"keep_checkpoints": 0}, "keep_checkpoints=0"),
+    ({"max_grad_norm": -1.0}, "max_grad_norm=-1.0 must be positive"), ({"max_grad_norm": 0.0}, "max_grad_norm=0.0"),
+    ({"weight_decay": -0.1}, "weight_decay=-0.1"), ({"seed": -3}, "seed=-3"), ({"output_dir": ""}, "output_dir is empty"),
 ])
 def test_a_bad_setting_is_refused_when_the_config_is_made(bad, message):
     with pytest.raises(ValueError, match=message):

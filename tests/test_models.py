@@ -141,7 +141,7 @@ def test_hub_id_offline_fails_with_one_clear_error():
     assert result.returncode == 0, result.stderr[-2000:]
     message = result.stdout
     assert message.startswith("ERROR") and "codellama/CodeLlama-7b-hf" in message
-    assert "huggingface-cli download" in message and "load_model()" in message
+    assert "`hf download codellama/CodeLlama-7b-hf`" in message and "load_model()" in message
 
 
 # --- the AVX512-BF16 packing trap -------------------------------------------------------------

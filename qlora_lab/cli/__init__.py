@@ -9,6 +9,10 @@ Each sub-command lives in its own module of this package, which provides
 ``configure_parser(parser: argparse.ArgumentParser) -> None`` and
 ``run(args: argparse.Namespace) -> int``. Modules are imported only for the command
 that runs, so `qlora-lab --help` stays fast.
+
+Errors a user can fix (a bad option, a missing file, a busy or full output folder) are
+reported here, for every command, as one line on stderr with exit status 2; `--debug`
+shows the traceback instead. Ctrl-C prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+# Errors that come from the user's input or machine, not from a bug: ValueError covers the
+# package's DataError, RunDirBusyError, CorruptModelError...; OSError covers missing files,
+# ModelNotFoundError and DiskFullError.
+USER_ERRORS = (ValueError, OSError)
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, as shells report it
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +45,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
         if name == command:
             importlib.import_module(module_name).configure_parser(p)
     return parser
@@ -49,4 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt as error:
+        if args.debug:
+            raise
+        print(f"qlora-lab {args.command}: {one_line(error) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"qlora-lab {args.command}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return USER_ERROR_STATUS
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (an OSError without a message: its errno text and file)."""
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())

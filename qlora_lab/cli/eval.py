@@ -22,7 +22,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_files is not None and args.max_files < 1:
+        raise ValueError(f"--max-files {args.max_files}: must be at least 1")
+    if args.seq_len is not None and args.seq_len < 2:
+        raise ValueError(f"--seq-len {args.seq_len}: must be at least 2 (one token predicts the next)")
     model, tokenizer = load_with_adapter(args.model, args.adapter, args.quantization)
+    context = model.config.max_position_embeddings
+    if args.seq_len is not None and args.seq_len > context:  # positions past it were never trained
+        raise ValueError(f"--seq-len {args.seq_len} is above the model's context of {context} tokens")
     report = evaluate_split(model, tokenizer, args.split, max_files=args.max_files, seq_len=args.seq_len)
     print(json.dumps(report.as_dict(), indent=2))
     return 0

@@ -9,17 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 from qlora_lab.finetune.adapters import merge_adapter
 from qlora_lab.finetune.config import FinetuneConfig
-from qlora_lab.finetune.data import DataError
 from qlora_lab.finetune.launch import launch
 from qlora_lab.finetune.loop import finetune
 from qlora_lab.finetune.parallel import end_process_group, inside_launch, is_main_process
+from qlora_lab.finetune.prepare import check_writable
 from qlora_lab.finetune.rundir import result_dir
-
-PROG = "qlora-lab finetune"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -33,20 +31,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = FinetuneConfig.from_namespace(args)
-    except ValueError as error:
-        return fail(error)
+    config = FinetuneConfig.from_namespace(args)
+    check_cli_options(args, config)
     if ((args.num_processes or 1) > 1 or args.accelerate_config) and not inside_launch():
         argv = config.to_argv() + (["--merge-to", args.merge_to] if args.merge_to else [])
-        try:
-            return launch(argv, args.num_processes, args.accelerate_config, config.output_dir)
-        except ValueError as error:
-            return fail(error)
+        return launch(argv, args.num_processes, args.accelerate_config, config.output_dir)
     try:
         result = finetune(config)
-    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
-        return fail(error)
     finally:
         end_process_group()
     s = result.summary
@@ -56,13 +47,17 @@ def run(args: argparse.Namespace) -> int:
               f"peak memory {s['peak_memory_mb']:.0f} MiB; results in {result.output_dir}")
     if s["interrupted"]:
         return 130
-    if args.merge_to and config.mode != "full" and is_main_process():
+    if args.merge_to and is_main_process():
         merged = merge_adapter(result_dir(result.output_dir, config.mode), args.merge_to, config.model)
         print(f"merged model saved to {merged}")
     return 0
 
 
-def fail(error: Exception) -> int:
-    kind = "data error" if isinstance(error, DataError) else "error"
-    print(f"{PROG}: {kind}: {error}", file=sys.stderr)
-    return 2
+def check_cli_options(args: argparse.Namespace, config: FinetuneConfig) -> None:
+    """The options that are not FinetuneConfig fields, checked before any work (ValueError)."""
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ValueError(f"--num-processes {args.num_processes}: must be at least 1")
+    if args.merge_to:
+        if config.mode == "full":
+            raise ValueError("--merge-to merges a LoRA adapter: full fine-tuning already saves a whole model")
+        check_writable(Path(args.merge_to))  # before training, not after it

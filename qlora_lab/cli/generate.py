@@ -21,6 +21,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the text to continue, e.g. --prompt 'def parse_header('")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature {args.temperature}: cannot be negative (0: always the likeliest token)")
     model, tokenizer = load_with_adapter(args.model, args.adapter, args.quantization)
     text = generate(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature)
     if args.compare and args.adapter:

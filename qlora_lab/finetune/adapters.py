@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from qlora_lab.finetune.atomic import atomic_dir, write_text
 from qlora_lab.finetune.config import FinetuneConfig
 from qlora_lab.finetune.rundir import result_dir
 
 BASE_FINGERPRINT = "qlora_lab_base.json"  # written beside adapter_config.json
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's file names
 
 
 def attach_lora(model, config: FinetuneConfig, sharded: bool = False):
@@ -58,13 +60,28 @@ def base_fingerprint(model) -> dict:
 
 
 def save_trained(model, tokenizer, config: FinetuneConfig, output_dir: Path, state_dict: dict | None = None) -> Path:
-    """PEFT adapter (lora/qlora) or the whole model (full), with the tokenizer."""
+    """PEFT adapter (lora/qlora) or the whole model (full), with the tokenizer.
+
+    Written in a temporary folder renamed once complete: a failed save (full disk) leaves
+    no half adapter, and an adapter saved earlier stays whole until the new one is.
+    """
     target = result_dir(output_dir, config.mode)
-    model.save_pretrained(target, **({"state_dict": state_dict} if state_dict is not None else {}))
-    tokenizer.save_pretrained(target)
-    if config.mode != "full":
-        (target / BASE_FINGERPRINT).write_text(json.dumps(base_fingerprint(model.get_base_model()), indent=2))
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(tmp)
+        if config.mode != "full":
+            write_text(tmp / BASE_FINGERPRINT, json.dumps(base_fingerprint(model.get_base_model()), indent=2))
     return target
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """FileNotFoundError for a folder without an adapter's config or weights (before loading any model)."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json missing)")
+    if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
+        # without this check PEFT would look for the weights on the Hugging Face Hub
+        raise FileNotFoundError(f"{adapter_dir} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS)} missing): "
+                                "the adapter is incomplete")
 
 
 def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
@@ -72,8 +89,7 @@ def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json missing)")
+    check_adapter_dir(adapter_dir)
     fingerprint_file = adapter_dir / BASE_FINGERPRINT
     if fingerprint_file.is_file():
         saved = json.loads(fingerprint_file.read_text())
@@ -82,13 +98,18 @@ def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
         if any(saved[k] != ours.get(k) for k in shape_keys):
             raise ValueError(f"the adapter in {adapter_dir} was made for another base model "
                              f"({saved}), not for this one ({ours})")
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    except Exception as error:  # safetensors, JSON or tensor-shape errors of a damaged adapter
+        raise ValueError(f"cannot load the adapter in {adapter_dir} (damaged?): {error}") from error
 
 
 def load_with_adapter(model_name: str | None, adapter: str | Path | None, quantization: str = "nf4"):
     """Base model (embedded by default), with the adapter at `adapter` if given."""
     from qlora_lab.model.models import load_model
 
+    if adapter:
+        check_adapter_dir(Path(adapter))  # before the model loads: a wrong path fails in a blink
     model, tokenizer = load_model(model_name, quantization=quantization)
     if adapter:
         model = load_adapter(model, adapter)

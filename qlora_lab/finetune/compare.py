@@ -46,8 +46,9 @@ def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: s
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"modes {sorted(unknown)} unknown: choose among {MODES}")
-    configs = [FinetuneConfig(mode=mode, max_steps=steps, output_dir=str(output_dir / mode), **overrides)
-               for mode in modes]  # every setting checked before the first run
+    # every setting checked before the first run; a new comparison replaces the previous one's runs
+    configs = [FinetuneConfig(mode=mode, max_steps=steps, output_dir=str(output_dir / mode), overwrite=True,
+                              **overrides) for mode in modes]
     rows = []
     for config in tqdm(configs, desc="modes comparés", unit="mode"):
         summary = finetune_in_subprocess(config)["summary"]

@@ -75,10 +75,17 @@ class FinetuneConfig:
     # evaluation and saving
     eval_every: int = field(default=0, metadata=_help("validation loss every N steps; 0: only before and after"))
     eval_examples: int = field(default=32, metadata=_help("validation examples used for the loss (a fixed subset)"))
-    save_every: int = field(default=0, metadata=_help("checkpoint every N steps; 0: none in between"))
+    save_every: int = field(default=10, metadata=_help(
+        "checkpoint every N steps, so that --resume continues after a crash (0: only at the end "
+        "and on Ctrl-C); a LoRA checkpoint of the embedded model takes milliseconds"))
+    keep_checkpoints: int = field(default=2, metadata=_help(
+        "checkpoints kept (the newest); two let --resume fall back when the last one is damaged"))
     output_dir: str = field(default="runs/finetune", metadata=_help(
-        "where metrics.jsonl, summary.json, checkpoints/ and the adapter go"))
-    resume: bool = field(default=False, metadata=_help("continue from the last checkpoint in output_dir"))
+        "where run.json, metrics.jsonl, summary.json, checkpoints/ and the adapter go"))
+    resume: bool = field(default=False, metadata=_help(
+        "continue from the newest valid checkpoint in output_dir (settings checked against its run.json)"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "start afresh in an output_dir that holds an earlier run, deleting that run's files"))
     dist_timeout_s: int = field(default=DEFAULT_TIMEOUT_S, metadata=_help(
         "multi-process: fail when another process is silent this many seconds"))
 
@@ -109,6 +116,15 @@ class FinetuneConfig:
             (len(self.target_modules) > 0, "target_modules is empty: LoRA needs at least one layer"),
             (self.eval_examples > 0, f"eval_examples={self.eval_examples} must be positive"),
             (self.dist_timeout_s > 0, f"dist_timeout_s={self.dist_timeout_s} must be positive"),
+            (self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} cannot be negative"),
+            (self.eval_every >= 0, f"eval_every={self.eval_every} cannot be negative (0: only before and after)"),
+            (self.save_every >= 0, f"save_every={self.save_every} cannot be negative (0: only at the end)"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be at least 1"),
+            # a negative norm flips the gradient (training goes uphill), zero scales it to nothing
+            (self.max_grad_norm > 0, f"max_grad_norm={self.max_grad_norm} must be positive"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay} cannot be negative"),
+            (self.seed >= 0, f"seed={self.seed} cannot be negative"),
+            (bool(self.output_dir), "output_dir is empty"),
         ]
         return [message for ok, message in checks if not ok]
 

@@ -103,28 +103,34 @@ def load_jsonl(path: str | Path) -> list[dict[str, str]]:
         DataError: missing or empty file, or a malformed line (its number is in the message).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder, not a .jsonl file")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}): a binary file, or another encoding "
+                        "such as UTF-16; save it as UTF-8 JSON lines") from None
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-            if {"instruction", "response"} <= record.keys():
-                fields = ("instruction", "response")
-            elif "text" in record:
-                fields = ("text",)
-            else:
-                raise DataError(f"{path}, line {number}: needs keys 'instruction' and 'response', or 'text'; got {sorted(record)}")
-            if not all(isinstance(record[f], str) and record[f].strip() for f in fields):
-                raise DataError(f"{path}, line {number}: {' and '.join(fields)} must be non-empty strings")
-            records.append({f: record[f] for f in fields})
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        if {"instruction", "response"} <= record.keys():
+            fields = ("instruction", "response")
+        elif "text" in record:
+            fields = ("text",)
+        else:
+            raise DataError(f"{path}, line {number}: needs keys 'instruction' and 'response', or 'text'; got {sorted(record)}")
+        if not all(isinstance(record[f], str) and record[f].strip() for f in fields):
+            raise DataError(f"{path}, line {number}: {' and '.join(fields)} must be non-empty strings")
+        records.append({f: record[f] for f in fields})
     if not records:
         raise DataError(f"{path} is empty: no training record found")
     return records
@@ -157,6 +163,19 @@ def split_holdout(items: list, fraction: float = 0.1) -> tuple[list, list]:
     return train, val
 
 
+def check_source(source: str) -> None:
+    """The data errors found without a tokenizer: an unknown source, a missing, unreadable or malformed file.
+
+    Called before the model loads, so that these fail in a blink.
+    """
+    if source in DATA_SOURCES:
+        return
+    if source.endswith(".jsonl") or Path(source).exists():
+        load_jsonl(source)
+        return
+    raise DataError(f"data={source!r}: use one of {DATA_SOURCES} or the path of a .jsonl file")
+
+
 def build_examples(source: str, tokenizer, seq_len: int) -> tuple[list[Example], list[Example]]:
     """(train, validation) examples for 'domain', 'instructions' or a JSONL path.
 
@@ -172,9 +191,15 @@ def build_examples(source: str, tokenizer, seq_len: int) -> tuple[list[Example],
         train, val = split_holdout(jsonl_examples(tokenizer, load_jsonl(source), seq_len))
     else:
         raise DataError(f"data={source!r}: use one of {DATA_SOURCES} or the path of a .jsonl file")
+    n_examples = len(train)
     train = [e for e in train if any(l != IGNORE_INDEX for l in e.labels[1:])]
     if not train or not val:
-        raise DataError(f"data={source!r} gave {len(train)} training and {len(val)} validation examples")
+        why = (f": in all {n_examples} examples the prompt fills the seq_len={seq_len} tokens and leaves no "
+               "response token to learn; raise seq_len or shorten the prompts") if n_examples and not train else ""
+        raise DataError(f"data={source!r} gave {len(train)} training and {len(val)} validation examples{why}")
+    if not any(l != IGNORE_INDEX for e in val for l in e.labels[1:]):
+        raise DataError(f"data={source!r}: no validation example has a response token within seq_len={seq_len}, "
+                        "so no validation loss can be measured; raise seq_len or shorten the prompts")
     return train, val
 
 

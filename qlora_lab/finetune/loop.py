@@ -10,29 +10,43 @@ transformers' BitsAndBytesConfig) + 16/32-bit LoRA adapters (PEFT) + paged optim
 (CUDA only). `finetune` reads top to bottom as its phases: prepare, resume, train (one
 `train_step` at a time, with evaluation and checkpoints), finish. What it writes in
 `output_dir` is described in `qlora_lab.finetune.rundir`.
+
+A run can be trusted after a crash: it holds a lock on its folder (`locking`), records its
+settings in run.json (`manifest`, checked by resume), writes every file atomically with
+SHA-256-verified checkpoints (`atomic`, `checkpoints`), reports a full disk in one line
+(`diskfull`) and stops on Ctrl-C at a step boundary (`interrupts`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
+from qlora_lab.finetune.adapters import base_fingerprint, save_trained
+from qlora_lab.finetune.atomic import remove_temporaries
 from qlora_lab.finetune.batches import micro_batch, total_steps
-from qlora_lab.finetune.checkpoints import restore_checkpoint, save_checkpoint, sigint_ignored
+from qlora_lab.finetune.checkpoints import (newest_valid_checkpoint, restore_checkpoint, save_checkpoint,
+                                            sigint_ignored)
 from qlora_lab.finetune.config import FinetuneConfig
-from qlora_lab.finetune.data import Example, build_examples
+from qlora_lab.finetune.data import Example, build_examples, check_source
+from qlora_lab.finetune.diskfull import disk_full_reported
 from qlora_lab.finetune.evaluation import autocast, validation_loss
-from qlora_lab.finetune.adapters import save_trained
-from qlora_lab.finetune.parallel import evenly_sharded, gather_ranks, is_fsdp, make_accelerator
+from qlora_lab.finetune.interrupts import SecondInterrupt, StopRequest
+from qlora_lab.finetune.locking import claim_run_dir
+from qlora_lab.finetune.manifest import (build_manifest, check_config_resumable, check_resume, data_fingerprint,
+                                         write_manifest)
+from qlora_lab.finetune.parallel import (evenly_sharded, gather_ranks, is_fsdp, is_main_process,
+                                         make_accelerator)
 from qlora_lab.finetune.prepare import (check_distributed, check_writable, count_parameters, load_for_mode,
                                         make_optimizer, make_trainable, seed_everything)
-from qlora_lab.finetune.rundir import (CHECKPOINTS_DIR, MetricsLog, last_checkpoint, metrics_path, read_metrics,
-                                       truncate_metrics, write_summary)
+from qlora_lab.finetune.rundir import (CHECKPOINTS_DIR, MetricsLog, checkpoint_step, checkpoints, metrics_path,
+                                       read_metrics, summary_path, truncate_metrics, write_summary)
 from qlora_lab.hardware.measured_memory import peak_memory_mb, reset_peak_memory
 
 Callback = Callable[[dict], None]
@@ -66,6 +80,8 @@ class Run:
     steps: int
     trainable: int
     total: int
+    manifest: dict  # what run.json records: config, base and data fingerprints, library versions
+    stop: StopRequest = field(default_factory=StopRequest)
     step: int = 0
     start_step: int = 0
     val_loss_before: float | None = None
@@ -93,6 +109,11 @@ class Run:
     def fsdp(self) -> bool:
         return is_fsdp(self.accelerator)
 
+    @property
+    def state_bytes(self) -> int:
+        """About the size of a checkpoint: the trainable weights and AdamW's two moments."""
+        return 3 * sum(p.numel() * p.element_size() for p in self.inner.parameters() if p.requires_grad)
+
 
 def finetune(config: FinetuneConfig, model=None, tokenizer=None, callbacks: list[Callback] | None = None) -> FinetuneResult:
     """Run one fine-tune; see the module docstring. Ctrl-C saves a checkpoint first.
@@ -110,32 +131,54 @@ def finetune(config: FinetuneConfig, model=None, tokenizer=None, callbacks: list
 
     Raises:
         ValueError: a bad setting, an unwritable output_dir, seq_len above the model's
-            context, or unusable data (`qlora_lab.finetune.data.DataError`).
+            context, unusable data (`qlora_lab.finetune.data.DataError`), an output_dir
+            in use by another run (`RunDirBusyError`) or holding an earlier run (without
+            resume or overwrite), or a resume with settings that differ from run.json.
+        DiskFullError: the disk filled up; the last good checkpoint is kept.
         RuntimeError: the processes' adapters stopped being identical (DDP).
     """
-    run = prepare(config, model, tokenizer)
-    resume(run)
-    interrupted = train(run, callbacks or [])
-    return finish(run, interrupted)
+    with prepare(config, model, tokenizer) as run:
+        resume(run)
+        interrupted = train(run, callbacks or [])
+        return finish(run, interrupted)
 
 
 # --- phases ------------------------------------------------------------------------------------
 
-def prepare(config: FinetuneConfig, model=None, tokenizer=None) -> Run:
-    """Check the settings, load the base and the data, make it trainable, build the optimizer."""
-    from transformers import get_scheduler
+@contextmanager
+def prepare(config: FinetuneConfig, model=None, tokenizer=None) -> Iterator[Run]:
+    """Check the settings, claim output_dir, build the run; its guards hold while the block runs.
 
+    The guards: the lock on output_dir, the one-line report of a full disk, and (one
+    process) Ctrl-C waiting for the step boundary. Under a launch every process gets
+    Ctrl-C at its own moment, so there the KeyboardInterrupt of `train` stays.
+    """
     config.validate()
-    accelerator = make_accelerator(config.dist_timeout_s)
-    check_distributed(config, accelerator)
     output_dir = Path(config.output_dir)
     check_writable(output_dir)
-    if config.resume and last_checkpoint(output_dir) is None:
-        raise ValueError(f"resume=True but {output_dir / CHECKPOINTS_DIR} holds no checkpoint")
+    with claim_run_dir(output_dir, config.resume, config.overwrite, enabled=is_main_process()):
+        if config.resume and not checkpoints(output_dir):
+            raise ValueError(f"resume=True but {output_dir / CHECKPOINTS_DIR} holds no checkpoint")
+        if config.resume:
+            check_config_resumable(output_dir, config)
+        check_source(config.data)
+        run = build_run(config, model, tokenizer)
+        with disk_full_reported(run.output_dir, run.state_bytes), run.stop.installed(enabled=run.world == 1):
+            yield run
+
+
+def build_run(config: FinetuneConfig, model=None, tokenizer=None) -> Run:
+    """Load the base and the data, make it trainable, build the optimizer and the schedule."""
+    from transformers import get_scheduler
+
+    accelerator = make_accelerator(config.dist_timeout_s)
+    check_distributed(config, accelerator)
     seed_everything(config.seed)  # the same seed everywhere: every process starts from the same adapters
     if model is None:
         model, tokenizer = load_for_mode(config, accelerator.device)
     train_examples, val_examples = load_examples(config, model, tokenizer, accelerator)
+    manifest = build_manifest(config, base_fingerprint(model), data_fingerprint(train_examples, val_examples))
+    val_examples = evenly_sharded(val_examples, accelerator.process_index, accelerator.num_processes)
     model = make_trainable(model, config, sharded=is_fsdp(accelerator))
     model.train()
     trainable, total = count_parameters(model)
@@ -153,11 +196,11 @@ def prepare(config: FinetuneConfig, model=None, tokenizer=None) -> Run:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Run(config=config, accelerator=accelerator, model=model, inner=accelerator.unwrap_model(model),
                tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, train=train_examples,
-               val=val_examples, pad_id=pad_id, steps=steps, trainable=trainable, total=total)
+               val=val_examples, pad_id=pad_id, steps=steps, trainable=trainable, total=total, manifest=manifest)
 
 
 def load_examples(config: FinetuneConfig, model, tokenizer, accelerator) -> tuple[list[Example], list[Example]]:
-    """Training examples (all of them) and this process's share of the validation subset."""
+    """Training examples (all of them) and the validation subset (all processes' shares)."""
     context = model.config.max_position_embeddings
     if config.seq_len > context:
         raise ValueError(f"seq_len={config.seq_len} is above the model's context of {context} tokens")
@@ -167,24 +210,45 @@ def load_examples(config: FinetuneConfig, model, tokenizer, accelerator) -> tupl
     if world > 1 and len(train) < global_batch:
         raise ValueError(f"{len(train)} training examples cannot fill a global batch of {global_batch} "
                          f"({config.batch_size} per process x {world} processes)")
-    return train, evenly_sharded(val[: config.eval_examples], accelerator.process_index, world)
+    return train, val[: config.eval_examples]
 
 
 def resume(run: Run) -> None:
-    """Restore the last checkpoint (resume=True) or start a fresh metrics file; measure the loss before."""
+    """Restore the newest valid checkpoint (resume=True) or record a fresh run; measure the loss before."""
     extra: dict = {}
+    if run.is_main:
+        remove_temporaries(run.output_dir, run.output_dir / CHECKPOINTS_DIR)  # a killed run's unfinished writes
     if run.config.resume:
-        run.start_step, extra = restore_checkpoint(last_checkpoint(run.output_dir), run.inner, run.optimizer,
-                                                   run.scheduler)
+        path = pick_checkpoint(run)
+        record, notes = check_resume(run.output_dir, run.manifest, checkpoint_step(path), run.steps)
+        run.start_step, extra = restore_checkpoint(path, run.inner, run.optimizer, run.scheduler)
         if run.is_main:  # steps after the checkpoint were lost with the process: they are redone, logged once
+            for note in notes:
+                print(note, file=sys.stderr)
+            write_manifest(run.output_dir, record)
             truncate_metrics(run.output_dir, run.start_step)
-    elif run.is_main and metrics_path(run.output_dir).exists():
-        metrics_path(run.output_dir).unlink()
+            summary_path(run.output_dir).unlink(missing_ok=True)  # the result of an earlier, shorter run
+    elif run.is_main:
+        write_manifest(run.output_dir, run.manifest)
+        metrics_path(run.output_dir).unlink(missing_ok=True)
     run.step = run.start_step
     run.val_loss_before = extra.get("val_loss_before")
     if run.val_loss_before is None:
         run.val_loss_before = evaluate(run)
     run.rows = read_metrics(run.output_dir) if run.is_main else []
+
+
+def pick_checkpoint(run: Run) -> Path:
+    """The newest checkpoint whose SHA-256 digests match; one warning line per newer one skipped."""
+    path, skipped = newest_valid_checkpoint(run.output_dir)
+    if path is None:
+        reasons = "; ".join(f"{bad.name}: {why}" for bad, why in skipped)
+        raise ValueError(f"resume=True but no checkpoint in {run.output_dir / CHECKPOINTS_DIR} can be trusted "
+                         f"({reasons}); start afresh with --overwrite")
+    if run.is_main:
+        for bad, why in skipped:
+            print(f"warning: checkpoint {bad} skipped: {why}; resuming from {path.name}", file=sys.stderr)
+    return path
 
 
 def train(run: Run, callbacks: list[Callback]) -> bool:
@@ -196,7 +260,7 @@ def train(run: Run, callbacks: list[Callback]) -> bool:
                disable=not run.is_main)
     try:
         with MetricsLog(run.output_dir, enabled=run.is_main) as log:
-            while run.step < run.steps:
+            while run.step < run.steps and not run.stop.requested:
                 row = train_step(run)
                 if due(run.config.eval_every, run):
                     row["val_loss"] = evaluate(run)
@@ -209,7 +273,12 @@ def train(run: Run, callbacks: list[Callback]) -> bool:
                     callback(row)
                 if due(run.config.save_every, run):
                     checkpoint(run)
-    except KeyboardInterrupt:
+            if run.step < run.steps:  # Ctrl-C honoured at this step boundary
+                save_on_interrupt(run)
+                return True
+    except SecondInterrupt:
+        raise
+    except KeyboardInterrupt:  # raised mid-step: several processes, or a callback
         save_on_interrupt(run)
         return True
     finally:
@@ -253,6 +322,8 @@ def train_step(run: Run) -> dict:
 
 def finish(run: Run, interrupted: bool) -> FinetuneResult:
     """Loss after training, summary.json, and the adapter (or model) saved, unless interrupted."""
+    if not interrupted and run.step > run.start_step:
+        checkpoint(run)  # the trained state is safe on disk before the adapter is written
     # after Ctrl-C the other processes may be gone: no more collective operations then
     val_after = None if interrupted and run.world > 1 else evaluate(run)
     summary = summarize(run, interrupted, val_after)
@@ -281,9 +352,10 @@ def due(every: int, run: Run) -> bool:
 
 
 def checkpoint(run: Run) -> None:
-    if run.is_main:
+    """checkpoints/step-N, keeping the newest `keep_checkpoints` (none under FSDP: sharded states)."""
+    if run.is_main and not run.fsdp:
         save_checkpoint(run.output_dir, run.step, run.inner, run.optimizer, run.scheduler,
-                        {"val_loss_before": run.val_loss_before})
+                        {"val_loss_before": run.val_loss_before}, keep=run.config.keep_checkpoints)
     run.accelerator.wait_for_everyone()
 
 
@@ -291,7 +363,7 @@ def save_on_interrupt(run: Run) -> None:
     if run.is_main and not run.fsdp:
         with sigint_ignored():  # a second Ctrl-C (or the launcher passing it on) must not cut the save
             path = save_checkpoint(run.output_dir, run.step, run.inner, run.optimizer, run.scheduler,
-                                   {"val_loss_before": run.val_loss_before})
+                                   {"val_loss_before": run.val_loss_before}, keep=run.config.keep_checkpoints)
         print(f"\nInterrupted: checkpoint saved to {path}. Resume with resume=True (CLI: --resume).")
 
 

@@ -19,6 +19,8 @@ QUANT_STORAGE_DTYPES = {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": to
 
 def check_writable(output_dir: Path) -> None:
     """Fail before any training if results could not be saved."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir={str(output_dir)!r} is a file, not a folder")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir):
@@ -34,9 +36,9 @@ def check_distributed(config: FinetuneConfig, accelerator) -> None:
     if config.mode == "qlora" and config.quant_storage == "uint8":
         raise ValueError("FSDP shards only floating-point tensors: with a 4-bit base pass "
                          "quant_storage='bf16' (CLI: --quant-storage bf16)")
-    if config.save_every or config.resume:
-        raise ValueError("intermediate checkpoints and resume are not supported under FSDP "
-                         "(sharded optimizer states): set save_every=0, or train with DDP")
+    if config.resume:
+        raise ValueError("resume is not supported under FSDP (sharded optimizer states, so no checkpoints "
+                         "are written): train with DDP to get checkpoints")
 
 
 def seed_everything(seed: int) -> None:

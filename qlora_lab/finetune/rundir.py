@@ -1,10 +1,13 @@
 """The layout of a run directory, and the functions that read it: the one place that knows it.
 
     runs/qlora/
+        run.json               the run manifest: resolved config, base model, data, library versions
         metrics.jsonl          one JSON line per optimizer step (written as training goes)
         summary.json           the run's result: losses, speed, memory, config
-        checkpoints/step-N/    state.pt (adapters, optimizer, scheduler, RNG), written atomically
+        checkpoints/step-N/    state.pt (adapters, optimizer, scheduler, RNG) and sha256.json,
+                               its digests, written last; the folder is renamed into place
         adapter/               the PEFT adapter (lora, qlora), or model/ for full fine-tuning
+        .lock, .lock.owner     held by the one process that writes here (`finetune.locking`)
 
 The trainer writes it; `compare`, the launcher, the notebooks and the tests read it here.
 """
@@ -12,7 +15,10 @@ The trainer writes it; `compare`, the launcher, the notebooks and the tests read
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+from qlora_lab.finetune.atomic import write_text
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -20,6 +26,11 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 FULL_MODEL_DIR = "model"
 CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_DIGESTS = "sha256.json"  # written last: a checkpoint without it is incomplete
+RUN_MANIFEST = "run.json"
+LOCK_FILE = ".lock"
+LOCK_OWNER = ".lock.owner"
+RUN_ENTRIES = (RUN_MANIFEST, METRICS_FILE, SUMMARY_FILE, CHECKPOINTS_DIR, ADAPTER_DIR, FULL_MODEL_DIR)
 
 
 def metrics_path(output_dir: str | Path) -> Path:
@@ -39,11 +50,36 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
 
 
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (temporary folders of an unfinished save start with '.')."""
+def manifest_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / RUN_MANIFEST
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint folder, oldest first (temporary folders of an unfinished save start with '.')."""
     root = Path(output_dir) / CHECKPOINTS_DIR
-    done = sorted(root.glob("step-*")) if root.is_dir() else []
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint: the one whose digests were written (not yet verified)."""
+    done = [c for c in checkpoints(output_dir) if (c / CHECKPOINT_DIGESTS).is_file()]
     return done[-1] if done else None
+
+
+def run_entries(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in `output_dir` (empty for a fresh folder)."""
+    return [name for name in RUN_ENTRIES if (Path(output_dir) / name).exists()]
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Remove an earlier run's files (`--overwrite`); other files in the folder are left alone."""
+    for name in run_entries(output_dir):
+        path = Path(output_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def read_metrics(output_dir: str | Path, up_to_step: int | None = None) -> list[dict]:
@@ -51,14 +87,22 @@ def read_metrics(output_dir: str | Path, up_to_step: int | None = None) -> list[
     path = metrics_path(output_dir)
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            # the last line of a process killed while writing it: that step is redone on resume
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
 def truncate_metrics(output_dir: str | Path, up_to_step: int) -> list[dict]:
     """Keep the rows up to `up_to_step` (a resume redoes the steps after its checkpoint)."""
     kept = read_metrics(output_dir, up_to_step)
-    metrics_path(output_dir).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_text(metrics_path(output_dir), "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -70,9 +114,7 @@ def read_summary(output_dir: str | Path) -> dict:
 
 
 def write_summary(output_dir: str | Path, summary: dict) -> Path:
-    path = summary_path(output_dir)
-    path.write_text(json.dumps(summary, indent=2, default=str))
-    return path
+    return write_text(summary_path(output_dir), json.dumps(summary, indent=2, default=str))
 
 
 class MetricsLog:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ QUANTIZATIONS = ("nf4", "fp4", "none")
 PACK_BLOCK_N = 32  # bitsandbytes' AVX512 packed layout works on blocks of 32 output rows
 _STASH = "_qlora_lab_unpacked_weight"  # attribute holding (data, QuantState) before packing
 _HOOKED = "_qlora_lab_packing_guard"
+HUB_HOST = "huggingface.co"
+HUB_TIMEOUT_S = 3  # one connection attempt before giving up on the Hub
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -157,12 +160,29 @@ def _check_vocabulary(tokenizer, config, where: str) -> None:
         )
 
 
+def _check_hub_reachable(name: str) -> None:
+    """Fail at once, in one line, for a hub id that is neither cached nor reachable.
+
+    Without this, transformers retries each file for about half a minute before failing.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local cache: loads without network
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise _offline_error(name, RuntimeError("HF_HUB_OFFLINE is set"))
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError as error:
+        raise _offline_error(name, error) from None
+
+
 def _offline_error(name: str, error: Exception) -> ModelNotFoundError:
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
     return ModelNotFoundError(
         f"could not load {name!r}: it is not a local directory, not in the Hugging Face cache ({cache}), "
-        f"and the Hub could not be reached ({type(error).__name__}). With network, run "
-        f"`huggingface-cli download {name}` once (or unset HF_HUB_OFFLINE); without network, use the "
+        f"and the Hub could not be reached ({type(error).__name__}: {str(error)[:120]}). With network, run "
+        f"`hf download {name}` once (or unset HF_HUB_OFFLINE); without network, use the "
         "embedded model: load_model() or load_model(None)."
     )
 
@@ -230,6 +250,8 @@ def load_model(
     if name_or_path is None or local.exists() or _looks_like_path(name):
         _check_model_dir(local)
         name = str(local)
+    else:
+        _check_hub_reachable(name)
 
     quiet_bnb_logs()  # before transformers imports bitsandbytes
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
