@@ -38,11 +38,15 @@ def test_qlora_learns_with_frozen_4bit_base_and_survives_an_eval_pass(tmp_path):
     assert lora_b and all(float(p.detach().abs().sum()) > 0 for p in lora_b)  # B starts at 0
     linear4bit = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4bit) == 7 * result.model.config.num_hidden_layers
+    checked = set()
     for n, p in result.model.named_parameters():
         key = n.replace("base_model.model.", "").replace(".base_layer", "")
         if key in base:
             assert isinstance(p, bnb.nn.Params4bit) and p.dtype == torch.uint8 and not p.requires_grad
             assert torch.equal(p.detach(), base[key])
+            checked.add(key)
+    # every 4-bit base weight was found under its PEFT name and compared (a rename would skip them all)
+    assert checked == set(base) and len(checked) == len(linear4bit)
     assert result.summary["val_loss_after"] < result.summary["val_loss_before"]
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
 

@@ -1,14 +1,46 @@
 """q4_0: 4.5 bits/weight, an even grid of 16 levels per block of 32, not NF4."""
 
+import numpy as np
 import pytest
 import torch
 
 from qlora_lab.quant import gguf, nf4
 
 
-def test_bits_per_weight_is_4_5():
-    assert gguf.Q4_0_BITS_PER_WEIGHT == 4.5
-    assert gguf.q4_0_nbytes(32 * 1000) * 8 / (32 * 1000) == 4.5
+def ggml_q4_0_bytes(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+    """Our (codes, scales) laid out as ggml's block_q4_0: fp16 d, then 16 bytes, low nibbles
+    holding weights 0..15 and high nibbles weights 16..31 of the block."""
+    qs = codes[:, :16] | (codes[:, 16:] << 4)  # (n_blocks, 16)
+    d = scales.numpy().view(np.uint8).reshape(-1, 2)  # (n_blocks, 2), little-endian fp16
+    return np.concatenate([d, qs.numpy()], axis=1).reshape(-1)
+
+
+def test_storage_per_weight_equals_llama_cpp_block_size():
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType.Q4_0]  # (32, 18): llama.cpp's own table
+    assert (gguf.Q4_0_BLOCK, gguf.q4_0_nbytes(block)) == (block, type_size)
+    assert gguf.Q4_0_BITS_PER_WEIGHT == type_size * 8 / block
+    assert gguf.q4_0_nbytes(32 * 1000) == 1000 * type_size
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_q4_0_bytes_equal_llama_cpp_python_quantizer(seed):
+    """Byte for byte with `gguf.quants.quantize(..., Q4_0)` (llama.cpp's gguf-py reference)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 256, generator=g) * torch.logspace(-3, 1, 16)[:, None]  # many magnitudes
+    x[0, :32] = 0.0  # an all-zero block: d = 0
+    x[1, :32] = torch.tensor([1.0, -1.0] * 16)  # a tie in |x|: the first one sets the sign of d
+    x[2, 40] = -x[2, 32:64].abs().max() * 3  # a negative extreme
+    theirs = quantize(x.numpy(), GGMLQuantizationType.Q4_0)  # (16, 8 blocks * 18 bytes)
+    codes, scales = gguf.quantize_q4_0(x)
+    assert theirs.nbytes == gguf.q4_0_nbytes(x.numel())
+    np.testing.assert_array_equal(ggml_q4_0_bytes(codes, scales), theirs.reshape(-1))
+    ours = gguf.dequantize_q4_0(codes, scales, x.shape)
+    np.testing.assert_array_equal(ours.numpy(), dequantize(theirs, GGMLQuantizationType.Q4_0))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

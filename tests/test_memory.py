@@ -159,7 +159,14 @@ def test_fsdp_gathers_the_root_unit_and_the_chosen_number_of_layers():
     layer, root = multi_gpu.fsdp_unit_bytes(shape, "qlora")
     one = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 4, layers_gathered=1)
     two = multi_gpu.per_device_memory(shape, "qlora", "fsdp", 4)
-    assert multi_gpu.FSDP_LAYERS_GATHERED == 2
+    # By hand, CodeLlama-34B (hidden 8192, MLP 22016, 64 heads, 8 KV heads of 128, vocab 32000):
+    # a layer's linears q,o 8192², k,v 8192·1024, gate/up/down 8192·22016, as 4-bit codes (½ byte),
+    # + two bf16 RMSNorms; the root unit: embeddings + lm_head + final norm in bf16.
+    hand_layer = (2 * 8192**2 + 2 * 8192 * 1024 + 3 * 8192 * 22016) / 2 + 2 * 2 * 8192
+    hand_root = 2 * (2 * 32000 * 8192 + 8192)
+    assert (layer, root) == (hand_layer, hand_root) == (346_062_848, 1_048_592_384)
+    # the default gathers the layer being computed plus the prefetched next one (BACKWARD_PRE)
+    assert two.gathered == hand_root + 2 * hand_layer == 1_740_718_080
     assert one.gathered == root + layer and two.total - one.total == pytest.approx(layer)
     # The packed 4-bit codes of one layer, whatever container holds them: a quarter of bf16.
     bf16_layer, _ = multi_gpu.fsdp_unit_bytes(shape, "lora")

@@ -30,6 +30,14 @@ def test_constraints_agree_with_requirements():
     assert not mismatched, f"requirements.txt and constraints.txt disagree: {mismatched}"
 
 
+def test_dev_requirements_are_pinned_in_constraints():
+    dev = _pins(ROOT / "requirements-dev.txt")
+    con = _pins(ROOT / "constraints.txt")
+    assert "mutmut" in dev
+    mismatched = {k: (v, con.get(k)) for k, v in dev.items() if con.get(k) != v}
+    assert not mismatched, f"requirements-dev.txt and constraints.txt disagree: {mismatched}"
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
