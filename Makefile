@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 PIP_TORCH_OPTS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv book browser test lab labs-release labs-grade bench clean
+.PHONY: venv book browser sandbox test lab labs-release labs-grade bench clean
 
 venv: $(STAMP)
 
@@ -44,8 +44,18 @@ browser:
 	    echo "Chromium is missing: run 'sudo apt-get install chromium' (tests/test_book.py needs it)"; exit 1; \
 	  fi; }
 
+# Debian's bubblewrap: `make labs-grade` runs each student's notebook in its own sandbox
+# (qlora_lab/grading/sandbox.py) and refuses to grade without it.
+sandbox:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else \
+	    echo "bubblewrap is missing: run 'sudo apt-get install bubblewrap' (make labs-grade needs it)"; exit 1; \
+	  fi; }
+
 # The book is rebuilt first so that tests/test_book.py always checks a fresh site.
-test: $(STAMP) browser book
+test: $(STAMP) browser sandbox book
 	$(PY) -m pytest
 
 lab: $(STAMP)
@@ -54,7 +64,7 @@ lab: $(STAMP)
 labs-release: $(STAMP)
 	$(PY) -m qlora_lab.grading release labs
 
-labs-grade: $(STAMP)
+labs-grade: $(STAMP) sandbox
 	$(PY) -m qlora_lab.grading grade labs
 
 bench: $(STAMP)

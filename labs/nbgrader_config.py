@@ -4,6 +4,10 @@ Instructor workflow (see book/labs.md):
     make labs-release   # source/ -> release/ (student versions, no solution, no hidden test)
     make labs-grade     # submitted/ -> autograded/ -> feedback/ (HTML) + grades.csv
 
+Grading does not run `nbgrader autograde`: qlora_lab.grading runs each submission in its
+own bubblewrap sandbox with the timeouts below, and checks the answers outside it with the
+hidden tests of checks/<lab>.py (never released).
+
 nbgrader silently ignores this whole file when it raises: keep it to plain assignments
 and imports that nbgrader itself needs (tests/test_labs.py loads it and checks the keys).
 """
@@ -25,8 +29,8 @@ c.ClearSolutions.code_stub = {"python": "# VOTRE CODE ICI\nraise NotImplementedE
 c.ClearSolutions.text_stub = "VOTRE RÉPONSE ICI"
 
 # -------------------------------------------------------------------- autograding
-# Every cell gets at most CELL_TIMEOUT_S seconds: an infinite loop is interrupted
-# (CellTimeoutError in the cell, 0 on its tests) and grading goes on with the next cell.
+# Every cell gets at most CELL_TIMEOUT_S seconds (qlora_lab.grading reads cell_timeout):
+# an infinite loop is interrupted (0 on its tests) and grading goes on with the next cell.
 # Lab 04 loads the embedded model ("preparation", ~10 s) and trains it ("q4_entrainement",
 # ~20 s on a 2-core CPU): those two cells get more, for shared or slow machines.
 CELL_TIMEOUT_S = 30
@@ -43,7 +47,8 @@ def cell_timeout(cell):
 
 
 c.Execute.timeout_func = cell_timeout
-# A kernel that does not answer an interrupt is restarted rather than waited for.
+# A timed-out cell is interrupted; a kernel that ignores the interrupt is not waited for:
+# the cells after it score 0 and the submission is flagged "to review" (grades.csv).
 c.Execute.interrupt_on_timeout = True
 
 # -------------------------------------------------------------------------- feedback

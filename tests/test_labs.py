@@ -1,21 +1,21 @@
-"""The graded labs and their autograder, through the real nbgrader commands.
+"""The graded labs and their grader: nbgrader release/feedback/export, sandboxed grading.
 
 One simulated class of three students hands in every lab, in a tmp copy of labs/:
 "complet" (the instructor's source, solutions included), "vide" (the released notebook,
 unchanged) and "partiel" (solutions, except one answer that loops forever or raises, and
-one unanswered question whose test cell was edited to pass). Each nbgrader command
-(generate_assignment, autograde, generate_feedback, export) then runs once for the
-whole class, as `make labs-grade` does.
+one unanswered question whose test cell was edited to pass). The workflow's steps
+(release, sandboxed autograde, feedback, export) then run once for the whole class, as
+`make labs-grade` does. tests/test_grading_sandbox.py grades a class of cheats and faults.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from html import unescape
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
 from qlora_lab.grading import workflow as grading
+from qlora_lab.grading.answers import load_checks
+from qlora_lab.grading.grader import FAILED, NO_ANSWER
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS_DIR = ROOT / "labs"
@@ -155,7 +157,7 @@ class GradedClass:
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory) -> GradedClass:
     work = tmp_path_factory.mktemp("labs")
-    for name in ("nbgrader_config.py", "templates", "source"):
+    for name in ("nbgrader_config.py", "templates", "source", "checks"):
         src = LABS_DIR / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     timings = {}
@@ -224,6 +226,8 @@ def test_every_graded_cell_has_id_points_and_heading(lab):
     assert title_total and int(title_total.group(1)) == sum(graded_cells.values())
     text = "\n".join(c.source for c in nb.cells)
     assert "### BEGIN SOLUTION" in text and "### BEGIN HIDDEN TESTS" in text
+    # every automatically graded cell is graded by a hidden test of labs/checks/<lab>.py
+    assert set(load_checks(LABS_DIR, lab)) == set(autograded_cells(nb))
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -278,27 +282,25 @@ def test_partial_submission_keeps_its_other_marks(graded, lab):
 
 def test_infinite_loop_is_cut_at_the_configured_timeout(graded):
     lab = next(lab for lab, plan in PARTIAL.items() if plan.replacement == LOOP_FOREVER)
-    nb = read_nb(graded.work / "autograded" / "partiel" / lab / f"{lab}.ipynb")
-    cell = next(c for c in nb.cells if grade_id(c) == PARTIAL[lab].broken_solution)
-    timing = cell.metadata["execution"]
-    started = timing["iopub.execute_input"]
-    ended = timing.get("shell.execute_reply") or timing["iopub.status.idle"]
-    seconds = (datetime.fromisoformat(ended.rstrip("Z")) - datetime.fromisoformat(started.rstrip("Z"))).total_seconds()
+    entries = json.loads((graded.work / "grading_report.json").read_text())["submissions"]
+    entry = next(e for e in entries if (e["student"], e["lab"]) == ("partiel", lab))
+    seconds = entry["cell_seconds"][PARTIAL[lab].broken_solution]
     config = PyFileConfigLoader("nbgrader_config.py", path=str(LABS_DIR)).load_config()
     assert config.Execute.timeout - 1 <= seconds <= config.Execute.timeout + 15
-    errors = [o for o in cell.outputs if o.output_type == "error"]
-    assert errors, "the interrupted cell must show an error"
+    # the kernel answered the interrupt: later questions were graded, nothing to review
+    assert entry["to_review"] == "" and entry["cell_seconds"].keys() >= set(autograded_cells(source_nb(lab)))
 
 
 @pytest.mark.parametrize("lab", LABS)
 def test_edited_test_cell_is_restored(graded, lab):
-    """nbgrader 0.9.6 overwrites a locked cell whose checksum changed with the source's."""
+    """A locked cell always comes from the release, whatever the student did to it."""
     plan = PARTIAL[lab]
-    source = {grade_id(c): c.source for c in source_nb(lab).cells if grade_id(c)}
+    released = read_nb(graded.work / "release" / lab / f"{lab}.ipynb")
+    visible = {grade_id(c): c.source for c in released.cells if grade_id(c)}
     nb = read_nb(graded.work / "autograded" / "partiel" / lab / f"{lab}.ipynb")
     cell = next(c for c in nb.cells if grade_id(c) == plan.cheat_tests)
-    assert cell.source == source[plan.cheat_tests] != EDITED_TEST
-    assert any(o.output_type == "error" for o in cell.outputs)
+    assert cell.source == visible[plan.cheat_tests] != EDITED_TEST
+    assert [o.text.strip() for o in cell.outputs] in ([FAILED], [NO_ANSWER])
 
 
 # ---------------------------------------------------------------- feedback, export
@@ -323,6 +325,7 @@ def test_grades_csv_has_every_student_and_lab(graded):
     with open(graded.grades_csv, newline="") as f:
         rows = {(r["student_id"], r["assignment"]): r for r in csv.DictReader(f)}
     assert set(rows) == {(s, lab) for s in STUDENTS for lab in LABS}
+    assert all(row["to_review"] == "" for row in rows.values())
     print(f"\nautograde of {len(rows)} submissions: {graded.autograde_s:.0f} s")
     print(f"{'lab':26s}" + "".join(f"{s:>10s}" for s in STUDENTS) + "       max")
     for lab in LABS:

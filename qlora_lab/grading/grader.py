@@ -8,6 +8,7 @@ the cells that ran before, scores 0 on the rest, and is flagged "to review".
 
 from __future__ import annotations
 
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ NOT_RUN = "Tests de correction : non exécutés (le noyau s'est arrêté avant c
 REVIEW = {"timeout": "kernel stopped answering after a timeout", "dead_kernel": "kernel died",
           "wall_timeout": "whole notebook ran out of time", "killed": "sandbox killed (limit reached?)",
           "error": "notebook could not be executed"}
+
+
+# Sandboxes run in parallel; checking answers (which may load a reference model and put a
+# student's weights in it) and writing the gradebook happen one submission at a time.
+TRUSTED = threading.Lock()
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Result:
     verdicts: dict[str, str] = field(default_factory=dict)
     to_review: str = ""
     seconds: float = 0.0
+    cell_seconds: dict[str, float] = field(default_factory=dict)  # grade_id -> execution time
 
 
 def verify(check: Check, inputs: Any, outputs: Any) -> str:
@@ -85,19 +92,20 @@ def _scores(ctx: LabContext, merged, verdicts: dict[str, str]) -> dict[str, floa
 
 
 def run_submission(ctx: LabContext, merged) -> tuple[dict[str, str], str, float, dict[int, dict], dict[int, str]]:
-    """Execute sandboxed and check: (verdicts, review reason, seconds, records, test cells)."""
+    """Execute sandboxed and check: (verdicts, review reason, seconds, records by cell index, test cells)."""
     nb, tests = prepare(merged, ctx.checks, ctx.inputs)
     timeouts = [float(ctx.timeout_of(cell)) for cell in nb.cells]
     run = sandbox.run_notebook(nb, timeouts, ctx.hidden)
     records = {r["index"]: r for r in run.records if 0 <= r["index"] < len(nb.cells)}
     verdicts = {}
-    for index, gid in tests.items():
-        if index not in records:
-            verdicts[gid] = NOT_RUN
-        elif gid in ctx.checks:
-            verdicts[gid] = verify(ctx.checks[gid], ctx.inputs[gid], records[index].get("outputs"))
-        else:
-            verdicts[gid] = FAILED
+    with TRUSTED:
+        for index, gid in tests.items():
+            if index not in records:
+                verdicts[gid] = NOT_RUN
+            elif gid in ctx.checks:
+                verdicts[gid] = verify(ctx.checks[gid], ctx.inputs[gid], records[index].get("outputs"))
+            else:
+                verdicts[gid] = FAILED
     review = "" if run.status == "ok" else REVIEW.get(run.status, run.status) + (f" ({run.detail})" if run.detail else "")
     return verdicts, review, run.seconds, records, tests
 
@@ -113,12 +121,15 @@ def grade_submission(ctx: LabContext, student: str, path: Path) -> Result:
     if merged is not None:
         try:
             result.verdicts, result.to_review, result.seconds, records, tests = run_submission(ctx, merged)
+            result.cell_seconds = {grade_id(merged.cells[i]): round(float(r.get("seconds", 0)), 2)
+                                   for i, r in records.items() if grade_id(merged.cells[i])}
         except Exception as error:  # noqa: BLE001 - one submission must never stop the class
             result.to_review = f"grader error: {type(error).__name__}: {error}"
             traceback.print_exc()
     base = merged if merged is not None else merge(nbformat.v4.new_notebook(), ctx.release)
-    result.scores = _scores(ctx, base, result.verdicts)
-    store.save_scores(ctx.labs_dir, ctx.lab, student, result.scores, review=bool(result.to_review))
+    with TRUSTED:
+        result.scores = _scores(ctx, base, result.verdicts)
+        store.save_scores(ctx.labs_dir, ctx.lab, student, result.scores, review=bool(result.to_review))
     if merged is None:
         tests = {i: grade_id(c) for i, c in enumerate(base.cells) if is_test_cell(c)}
     target = ctx.labs_dir / "autograded" / student / ctx.lab / f"{ctx.lab}.ipynb"

@@ -19,7 +19,7 @@ import time
 
 # After a timeout, a kernel must answer this probe within PROBE_TIMEOUT_S: a kernel that
 # ignored the interrupt is stuck, and the remaining cells cannot be graded.
-PROBE_TIMEOUT_S = 10
+PROBE_TIMEOUT_S = 5
 
 
 def _report_channel():

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from qlora_lab.grading import report, sandbox, store
@@ -96,6 +97,11 @@ def cell_timeout_function(labs_dir: Path):
     return function if callable(function) else (lambda cell: default)
 
 
+def grading_workers() -> int:
+    """Sandboxes run side by side: QLORA_LAB_GRADING_WORKERS, else one per CPU core (at most 4)."""
+    return max(1, int(os.environ.get("QLORA_LAB_GRADING_WORKERS", min(4, os.cpu_count() or 1))))
+
+
 def submissions(labs_dir: Path) -> list[tuple[str, str, Path]]:
     """(student, lab, notebook path) of every submitted/<student>/<lab>/ folder of a known lab."""
     labs = set(lab_ids(labs_dir))
@@ -128,18 +134,21 @@ def autograde(labs_dir: Path) -> list[Result]:
     store.clear_previous_run(labs_dir, FEEDBACK_MATHJAX_DIR)
     if saved:
         print(f"gradebook backed up in {saved}", file=sys.stderr)
-    contexts, results = {}, []
-    for student, lab, path in todo:
-        if lab not in contexts:
-            contexts[lab] = lab_context(labs_dir, lab, hidden)
+    contexts = {lab: lab_context(labs_dir, lab, hidden) for lab in sorted({lab for _, lab, _ in todo})}
+
+    def one(job: tuple[str, str, Path]) -> Result:
+        student, lab, path = job
         result = grade_submission(contexts[lab], student, path)
         print(f"graded {student}/{lab} in {result.seconds:.1f} s" + (f" - TO REVIEW: {result.to_review}"
               if result.to_review else ""), file=sys.stderr)
-        results.append(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=grading_workers()) as pool:
+        results = list(pool.map(one, todo))
     maxima = {lab: store.max_scores(labs_dir, lab) for lab in contexts}
     entries = [{"student": r.student, "lab": r.lab, "score": sum(v or 0.0 for v in r.scores.values()),
                 "max": sum(p for p, _ in maxima[r.lab].values()), "seconds": round(r.seconds, 2),
-                "to_review": r.to_review, "cells": r.scores} for r in results]
+                "to_review": r.to_review, "cells": r.scores, "cell_seconds": r.cell_seconds} for r in results]
     print(report.write_report(labs_dir, entries, []))
     return results
 
