@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 PIP_TORCH_OPTS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv book browser sandbox test lab labs-release labs-grade bench clean
+.PHONY: venv book browser sandbox test lab labs-release labs-grade bench mutation clean
 
 venv: $(STAMP)
 
@@ -70,5 +70,15 @@ labs-grade: $(STAMP) sandbox
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quant.py
 
+# Mutation testing of the course's arithmetic (quant, LoRA, FLOPs, memory, validation loss):
+# slow (about 2 h on 2 cores), not part of `make test`. MUTANTS='qlora_lab.quant.nf4.*' runs
+# one module; the report lands in benchmarks/results/mutation_report.md.
+MUTATION_JOBS ?= 1
+MUTANTS ?=
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(PY) benchmarks/mutation_report.py
+
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build .pytest_cache mutants

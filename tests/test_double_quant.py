@@ -37,6 +37,15 @@ def test_dynamic_map_equals_bitsandbytes():
     assert code[-1] == 1.0 and (code == 0).sum() == 1 and torch.all(code[1:] > code[:-1])
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"signed": False}, {"max_exponent_bits": 4}, {"max_exponent_bits": 4, "total_bits": 6}],
+                         ids=["defaults", "unsigned", "4-exponent-bits", "6-bit"])
+def test_build_dynamic_map_equals_bitsandbytes_for_every_setting(kwargs):
+    """Uncached and with each argument: its defaults and branches, not only the cached default."""
+    from qlora_lab.quant.double_quant import build_dynamic_map
+
+    assert torch.equal(build_dynamic_map(**kwargs), F.create_dynamic_map(**kwargs))
+
+
 def test_dynamic_map_is_fine_near_zero_and_coarse_near_one():
     gaps = dynamic_map().diff()
     assert gaps[120:135].max() < 1e-4 < gaps[-5:].min()
@@ -72,6 +81,17 @@ def test_absmax_constants_round_trip_like_bitsandbytes(seed):
     assert torch.equal(restored, expected)
     # 8-bit dynamic code on centred constants: well under 1 % relative error
     assert ((restored - absmax).abs() / absmax).max() < 1e-2
+
+
+@pytest.mark.parametrize("dq_blocksize", [128, 512])
+def test_absmax_constants_at_another_second_level_blocksize_like_bitsandbytes(dq_blocksize):
+    absmax = torch.rand(1000, generator=torch.Generator().manual_seed(dq_blocksize)) + 0.5  # (1000,) > 0
+    qabsmax, offset, absmax2, code = quantize_absmax(absmax, dq_blocksize)
+    bnb_q, bnb_state2 = F.quantize_blockwise(absmax - absmax.mean(), blocksize=dq_blocksize)
+    assert absmax2.shape == (-(-1000 // dq_blocksize),)
+    assert torch.equal(qabsmax, bnb_q) and torch.equal(absmax2, bnb_state2.absmax)
+    restored = dequantize_absmax(qabsmax, offset, absmax2, code, dq_blocksize)
+    assert torch.equal(restored, F.dequantize_blockwise(bnb_q, bnb_state2) + absmax.mean())
 
 
 def test_bits_per_param_values_from_the_paper():
