@@ -25,11 +25,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import qlora_lab
 from qlora_lab.grading import report, sandbox
 from qlora_lab.grading.store import COURSE_ID, REPORT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "qlora_lab"
 LAB = "01_quantification_blocs"
 AUTO = {"q1_tests": 3.0, "q2_tests": 3.0, "q3_tests": 3.0, "q4_tests": 2.0}
 ZERO = dict.fromkeys(AUTO, 0.0)
@@ -161,7 +161,7 @@ def submission(name: str, work: Path, release, source):
         if name in fill and cell.metadata.get("nbgrader", {}).get("solution") and cell.cell_type == "code":
             cell.source = solutions[grade_id(cell)]
     by_id = {grade_id(c): c for c in nb.cells if grade_id(c)}
-    fmt = dict(work=work, root=ROOT, lab=LAB, package=Path(qlora_lab.__file__).parent, venv=Path(sys.prefix))
+    fmt = dict(work=work, root=ROOT, lab=LAB, package=PACKAGE, venv=Path(sys.prefix))
     top = {"lecteur": READER, "faussaire": FORGER, "vandale": VANDAL, "monkeypatch": ALWAYS_TRUE}
     if name in top:
         code = top[name]
@@ -264,7 +264,7 @@ def test_nobody_reached_the_course_files_and_the_vandal_harmed_nobody(graded):
     for student in STUDENTS:
         assert (work / "submitted" / student.name / LAB / f"{LAB}.ipynb").is_file()
     assert (work / "source" / LAB / f"{LAB}.ipynb").is_file() and (work / "checks" / f"{LAB}.py").is_file()
-    assert not list(Path(qlora_lab.__file__).parent.rglob("vandale.txt"))
+    assert not list(PACKAGE.rglob("vandale.txt"))
     assert not list(Path(sys.prefix).glob("vandale.txt"))
     assert "TROUVÉ : rien" in printed(work, "lecteur")
     forger = printed(work, "faussaire")
