@@ -67,6 +67,17 @@ def test_8bit_blockwise_equals_bitsandbytes_cpu_kernel(seed, n):
     assert not torch.isnan(values).any()
 
 
+def test_8bit_blockwise_block_of_subnormals_equals_bitsandbytes():
+    """absmax below 2**-126: 1/absmax overflows to inf, so only the clamp to [-1, 1] keeps the
+    codes at the ends of the table (255 for +, 0 for -), as bitsandbytes' kernel does."""
+    x = torch.randn(512, generator=torch.Generator().manual_seed(0))
+    x[:256] = torch.tensor([1e-39, -1e-39, 5e-40, -2e-39] * 64)  # float32 subnormals
+    codes, absmax = quantize_blockwise_8bit(x, dynamic_map(), 256)
+    bnb_codes, bnb_state = F.quantize_blockwise(x, blocksize=256)
+    assert torch.equal(codes, bnb_codes) and torch.equal(absmax, bnb_state.absmax)
+    assert codes[:4].tolist() == [255, 0, 255, 0]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_absmax_constants_round_trip_like_bitsandbytes(seed):
     x = torch.randn(300, 64, generator=torch.Generator().manual_seed(seed))

@@ -90,6 +90,18 @@ def test_time_matmul_rejects_bad_sizes(bad):
         flops.time_matmul(**bad, device="cpu")
 
 
-@pytest.mark.parametrize("value, text", [(2e9, "2 GFLOPs"), (3.5e14, "350 TFLOPs"), (12, "12 FLOPs")])
+@pytest.mark.parametrize("value, text", [(2e9, "2 GFLOPs"), (3.5e14, "350 TFLOPs"), (12, "12 FLOPs"),
+                                         (1e15, "1 PFLOPs"), (1e12, "1 TFLOPs"), (1e9, "1 GFLOPs"), (1e6, "1 MFLOPs"),
+                                         (1e3, "1 kFLOPs"), (999.0, "999 FLOPs"), (-2.5e6, "-2.5 MFLOPs")])
 def test_human(value, text):
     assert flops.human(value) == text
+
+
+def test_forward_flops_context_terms_default_to_zero():
+    """Without n_layer, n_ctx or d_model the attention term vanishes: 2N only (Kaplan table 1)."""
+    n = 7e9
+    assert flops.forward_flops_per_token(n) == 2 * n
+    assert flops.forward_flops_per_token(n, n_ctx=2048, d_model=4096) == 2 * n  # no layers
+    assert flops.forward_flops_per_token(n, n_layer=32, d_model=4096) == 2 * n  # no context
+    assert flops.forward_flops_per_token(n, n_layer=32, n_ctx=2048) == 2 * n  # no width
+    assert flops.forward_flops_per_token(n, 32, 2048, 4096) == 2 * n + 2 * 32 * 2048 * 4096

@@ -51,8 +51,11 @@ def test_fresh_adapter_changes_nothing_and_only_adapters_train():
     layer = lora.LoRALinear(base, r=4)
     x = torch.randn(3, 16)
     torch.testing.assert_close(layer(x), base(x))
-    trainable, total, _ = lora.trainable_fraction(layer)
+    trainable, total, fraction = lora.trainable_fraction(layer)
     assert trainable == 4 * (16 + 16) and total == trainable + 16 * 16 + 16
+    assert fraction == 128 / 400
+    assert lora.trainable_fraction(nn.Linear(1, 1, bias=False)) == (1, 1, 1.0)  # every parameter trains
+    assert lora.trainable_fraction(nn.Sequential()) == (0, 0, 0.0)  # no parameters: 0, not a division by 0
 
 
 def test_bad_rank_and_target_are_clear_errors():

@@ -295,3 +295,10 @@ def test_book_page_prose_numbers_equal_the_estimator():
     on_paper, offloaded = per_gpu("70B", "fsdp", 2), per_gpu("70B", "fsdp", 2, cpu_offload=True)
     assert f"annonce {on_paper / 1e9:.1f} Go par GPU".replace(".", ",") in text
     assert f"activations : {offloaded / 1e9:.1f} Go pour CodeLlama-70B".replace(".", ",") in text
+
+
+def test_smallest_gpu_that_fits_counts_a_gpu_that_is_exactly_full():
+    assert memory.smallest_gpu_that_fits(8e9) == 8  # GB = 1e9 bytes; exactly full still fits
+    assert memory.smallest_gpu_that_fits(8e9 + 1) == 12
+    assert memory.smallest_gpu_that_fits(80e9) == 80 and memory.smallest_gpu_that_fits(80e9 + 1) is None
+    assert memory.smallest_gpu_that_fits(20e9, sizes_gb=(48, 24)) == 24  # any order
