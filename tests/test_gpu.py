@@ -64,6 +64,8 @@ def test_nf4_with_double_quant_dequantizes_like_the_cuda_kernel(cuda, bnb_functi
     w = torch.randn(2048, 1024, generator=torch.Generator().manual_seed(0)).to(cuda, dtype)
     packed, state = quantize_4bit(w, "nf4", 64, double_quant=True)
     bnb_packed, bnb_state = bnb_functional.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    held = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
+    assert all(t.is_cuda for t in held), "every tensor of the state stays on the GPU"
     assert torch.equal(packed.view(-1), bnb_packed.view(-1))
     assert torch.equal(state.state2.absmax, bnb_state.state2.absmax)
     assert torch.equal(state.offset.reshape(()), torch.as_tensor(bnb_state.offset, device=cuda).reshape(()))
