@@ -1,7 +1,8 @@
 """One sandbox per submission: bubblewrap (`bwrap`), resource limits, nothing of labs/.
 
 What the student's code sees: a read-only system (/usr, /etc), the read-only Python and
-venv, the read-only `qlora_lab` package, a fresh empty working folder, a private /tmp, no
+venv, the read-only `qlora_lab` package, a fresh empty working folder and a private /tmp
+(both in memory, of bounded size: nothing is written to the grader's disk), no
 network (own network namespace, loopback only), its own PID namespace (the whole process
 tree dies with the sandbox), and no folder of the course: not labs/ (sources, gradebook,
 other submissions, feedback), not the repository, not its .git. Run as root, the sandbox
@@ -46,6 +47,7 @@ class Limits:
     memory_bytes: int = 12 * 2**30
     processes: int = 256
     file_bytes: int = 256 * 2**20
+    folder_bytes: int = 512 * 2**20  # size of the working folder and of /tmp (memory-backed)
 
 
 @dataclass
@@ -78,8 +80,8 @@ def _drop_privileges() -> list[str]:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
 
 
-def bwrap_command(workdir: Path, hidden: list[Path], argv: list[str]) -> list[str]:
-    """The bwrap command line running `argv` in `workdir` (seen as SANDBOX_HOME)."""
+def bwrap_command(limits: Limits, hidden: list[Path], argv: list[str]) -> list[str]:
+    """The bwrap command line running `argv` in a fresh memory-backed SANDBOX_HOME."""
     bwrap = shutil.which("bwrap") or "bwrap"
     command = [bwrap, "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for link in ("bin", "lib", "lib64", "sbin"):
@@ -96,8 +98,9 @@ def bwrap_command(workdir: Path, hidden: list[Path], argv: list[str]) -> list[st
            "JUPYTER_RUNTIME_DIR": f"{SANDBOX_HOME}/.jupyter", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.mpl",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(workdir), SANDBOX_HOME,
-                "--chdir", SANDBOX_HOME, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+    size = str(limits.folder_bytes)
+    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                "--perms", "1777", "--size", size, "--tmpfs", SANDBOX_HOME, "--chdir", SANDBOX_HOME, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
                 *_namespace_args()]
     for key, value in env.items():
@@ -128,15 +131,12 @@ def _kill_tree(process: subprocess.Popen) -> None:
 
 
 def run_in_sandbox(argv: list[str], stdin: bytes, limits: Limits, hidden: list[Path]) -> tuple[int | None, bytes, bytes, float]:
-    """Run `argv` sandboxed in a fresh empty folder; (returncode or None on wall timeout, stdout, stderr, s)."""
-    with tempfile.TemporaryDirectory(prefix="qlora-lab-sandbox-") as tmp:
-        workdir, out_path, err_path = Path(tmp) / "work", Path(tmp) / "out", Path(tmp) / "err"
-        workdir.mkdir()
-        if os.geteuid() == 0:
-            os.chown(workdir, NOBODY, NOBODY)
+    """Run `argv` sandboxed in a fresh empty folder; (returncode or None on wall timeout, stdout, stderr, seconds)."""
+    with tempfile.TemporaryDirectory(prefix="qlora-lab-sandbox-") as tmp:  # outside the sandbox
+        out_path, err_path = Path(tmp) / "out", Path(tmp) / "err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             start = time.monotonic()
-            process = subprocess.Popen(bwrap_command(workdir, hidden, argv), stdin=subprocess.PIPE, stdout=out,
+            process = subprocess.Popen(bwrap_command(limits, hidden, argv), stdin=subprocess.PIPE, stdout=out,
                                        stderr=err, start_new_session=True, preexec_fn=_set_limits(limits))
             try:
                 process.communicate(stdin, timeout=limits.wall_s)
