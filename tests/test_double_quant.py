@@ -114,6 +114,9 @@ def test_bits_per_param_values_from_the_paper():
     assert model_weight_bytes(65e9, saving) / 1e9 == pytest.approx(3.03, abs=0.01)  # "≈ 3 GB"
     with pytest.raises(ValueError, match="blocksize"):
         bits_per_param(0)
+    with pytest.raises(ValueError, match="dq_blocksize"):
+        bits_per_param(64, True, 0)
+    assert bits_per_param(64, True, 1) == 4 + 8 / 64 + 32 / 64  # one constant per second-level block
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -130,6 +133,22 @@ def test_bits_per_param_matches_a_real_bitsandbytes_quant_state(double_quant):
     assert measured == bits_per_param(64, double_quant=double_quant)  # exact
     total_bits = quant_state_nbytes(packed, state) * 8 / n
     assert total_bits == pytest.approx(bits_per_param(64, double_quant), abs=1e-3)
+
+
+def test_breakdown_counts_what_each_item_really_holds():
+    """A hand-built state: an offset stored as float64 (8 bytes) or as a Python float (4, as
+    bitsandbytes saves it), and a missing table (0 bytes)."""
+    from types import SimpleNamespace
+
+    state2 = SimpleNamespace(absmax=torch.zeros(3), code=torch.zeros(256))
+    state = SimpleNamespace(absmax=torch.zeros(700, dtype=torch.uint8), code=None, nested=True, state2=state2,
+                            offset=torch.tensor(0.5, dtype=torch.float64))
+    packed = torch.zeros(100, dtype=torch.uint8)
+    expected = {"packed": 100, "absmax": 700, "code": 0, "nested_absmax": 12, "nested_code": 1024, "offset": 8}
+    assert quant_state_breakdown(packed, state) == expected
+    state.offset = 0.5
+    assert quant_state_breakdown(packed, state) == {**expected, "offset": 4}
+    assert quant_state_nbytes(packed, state) == 100 + 700 + 12 + 1024 + 4
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
