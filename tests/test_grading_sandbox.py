@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from qlora_lab.grading import report, sandbox
+from qlora_lab.grading import grader, report, sandbox
 from qlora_lab.grading.store import COURSE_ID, REPORT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +282,9 @@ def test_feedback_for_every_readable_submission_none_stale_none_leaking(graded):
         text = report.page_text(page.read_text())
         assert not [line for line in hidden if line in text], name
         assert "__qlora_lab" not in text and "reponses" not in text, name
+    assert grader.UNREADABLE in report.page_text(pages["illisible"].read_text())
+    crash = report.page_text(pages["crash"].read_text())
+    assert crash.count(grader.PASSED) == 2 and crash.count(grader.NOT_RUN) == 2
     assert not (graded.work / "feedback" / "ancien").exists()
     backups = list((graded.work / "backups").glob("*/gradebook.db"))
     assert len(backups) == 1
@@ -301,12 +304,13 @@ def test_grading_refuses_without_a_sandbox(tmp_path, monkeypatch):
 
 
 def test_sandbox_overhead_per_submission_is_small(tmp_path):
-    """The same one-cell notebook through the runner, sandboxed and not: the difference is bwrap's cost."""
+    """The same one-cell notebook through the runner, sandboxed and not: the difference is the
+    sandbox's cost per submission. On a busy machine one sample can be noisy: a second try."""
     job = json.dumps({"notebook": nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]),
                       "timeouts": [30]}).encode()
     argv = [sys.executable, "-m", "qlora_lab.grading.runner"]
     direct, boxed = [], []
-    for _ in range(1):
+    for _ in range(2):
         start = time.perf_counter()
         done = subprocess.run(argv, input=job, capture_output=True, cwd=tmp_path, timeout=120)
         direct.append(time.perf_counter() - start)
@@ -314,6 +318,8 @@ def test_sandbox_overhead_per_submission_is_small(tmp_path):
         code, out, _, seconds = sandbox.run_in_sandbox(argv, job, sandbox.Limits(wall_s=120, cpu_s=240), [])
         boxed.append(seconds)
         assert code == 0 and b'"status": "ok"' in out
+        if min(boxed) - min(direct) <= 2.0:
+            break
     overhead = min(boxed) - min(direct)
     print(f"\nsandbox overhead per submission: {overhead:+.2f} s (runner alone {min(direct):.2f} s)")
     assert overhead <= 2.0

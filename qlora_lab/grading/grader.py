@@ -25,6 +25,7 @@ PASSED = "Tests de correction : réussis."
 FAILED = "Tests de correction : échoués (réponse incorrecte)."
 NO_ANSWER = "Tests de correction : aucune réponse (exception ou délai dépassé dans cette cellule)."
 NOT_RUN = "Tests de correction : non exécutés (le noyau s'est arrêté avant cette cellule)."
+UNREADABLE = "Tests de correction : non exécutés (le notebook rendu est illisible)."
 REVIEW = {"timeout": "kernel stopped answering after a timeout", "dead_kernel": "kernel died",
           "wall_timeout": "whole notebook ran out of time", "killed": "sandbox killed (limit reached?)",
           "error": "notebook could not be executed"}
@@ -134,6 +135,7 @@ def grade_submission(ctx: LabContext, student: str, path: Path) -> Result:
         tests = {i: grade_id(c) for i, c in enumerate(base.cells) if is_test_cell(c)}
     target = ctx.labs_dir / "autograded" / student / ctx.lab / f"{ctx.lab}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
-    verdicts = {gid: result.verdicts.get(gid, NOT_RUN) for gid in tests.values()}
+    missing = NOT_RUN if merged is not None else UNREADABLE
+    verdicts = {gid: result.verdicts.get(gid, missing) for gid in tests.values()}
     nbformat.write(feedback_notebook(base, tests, records, verdicts), str(target))
     return result
