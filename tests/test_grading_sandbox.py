@@ -323,3 +323,64 @@ def test_sandbox_overhead_per_submission_is_small(tmp_path):
     overhead = min(boxed) - min(direct)
     print(f"\nsandbox overhead per submission: {overhead:+.2f} s (runner alone {min(direct):.2f} s)")
     assert overhead <= 2.0
+
+
+ESCAPE = '''
+import os, socket, subprocess, sys
+seen = {}
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2)
+    seen["network"] = "open"
+except OSError:
+    seen["network"] = "closed"
+seen["visible"] = [p for p in ["{root}/labs", "{root}/.git", "{root}/tests", "/root/.ssh"] if os.path.exists(p)]
+try:
+    open("{package}/intrus.txt", "w")
+    seen["package"] = "writable"
+except OSError:
+    seen["package"] = "read-only"
+try:
+    bytearray(2 * 2**30)
+    seen["memory"] = "2 GiB allocated"
+except MemoryError:
+    seen["memory"] = "limited"
+children = []
+try:
+    for _ in range(64):
+        children.append(subprocess.Popen(["sleep", "30"]))
+    seen["processes"] = "unlimited"
+except OSError:
+    seen["processes"] = "limited"
+for child in children:
+    child.kill()
+    child.wait()
+subprocess.Popen(["sleep", "301"], start_new_session=True)  # must die with the sandbox
+print(seen)
+'''
+
+
+def test_sandbox_isolation_and_limits():
+    """No network, no course folder, read-only package, memory and process limits, tree killed."""
+    code = ESCAPE.replace("{root}", str(ROOT)).replace("{package}", str(PACKAGE))
+    limits = sandbox.Limits(wall_s=60, cpu_s=60, memory_bytes=2**30, processes=32)
+    returncode, out, err, _ = sandbox.run_in_sandbox([sys.executable, "-c", code], b"", limits, [])
+    assert returncode == 0, err.decode()
+    seen = eval(out.decode().strip().splitlines()[-1])  # a dict literal printed by the script
+    assert seen == {"network": "closed", "visible": [], "package": "read-only", "memory": "limited",
+                    "processes": "limited"}
+    assert not (PACKAGE / "intrus.txt").exists()
+    survivors = subprocess.run(["pgrep", "-f", "sleep 301"], capture_output=True, text=True).stdout.split()
+    assert not survivors, "a process of the sandbox outlived it"
+
+
+def test_grading_refuses_in_one_line_without_bwrap(tmp_path, monkeypatch, capsys):
+    from qlora_lab.grading import workflow
+
+    shutil.copy(ROOT / "labs" / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    shutil.copytree(ROOT / "labs" / "source" / LAB, tmp_path / "source" / LAB)
+    (tmp_path / "submitted" / "quelquun" / LAB).mkdir(parents=True)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert workflow.main(["autograde", str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "bubblewrap" in lines[0] and "refuse" in lines[0]
+    assert not (tmp_path / "backups").exists() and not (tmp_path / "autograded").exists()
