@@ -112,3 +112,30 @@ def test_our_scaling_is_alpha_over_r_like_peft_without_copying_it(r, alpha):
     torch.testing.assert_close(ours(x), peft_model(x))
     explicit = x @ ours.base.weight.T + ours.base.bias + (alpha / r) * (x @ ours.lora_A.T @ ours.lora_B.T)
     torch.testing.assert_close(ours(x), explicit)
+
+
+def test_defaults_are_the_fine_tune_defaults():
+    from qlora_lab.finetune.config import FinetuneConfig
+
+    config = FinetuneConfig()
+    layer = lora.LoRALinear(nn.Linear(8, 8))
+    assert (layer.r, layer.scaling) == (config.lora_r, config.lora_alpha / config.lora_r)
+
+
+@pytest.mark.parametrize("r", [1, 4, 64])
+def test_a_is_initialised_like_nn_linear_and_b_is_zero(r):
+    """kaiming_uniform_(a=√5), nn.Linear's own init (as PEFT does): same draws from the same seed."""
+    torch.manual_seed(r)
+    reference = nn.Linear(256, r, bias=False).weight.detach()  # (r, d_in), bound 1/√256
+    base = nn.Linear(256, 32)
+    torch.manual_seed(r)
+    layer = lora.LoRALinear(base, r=r, alpha=8.0)
+    assert layer.r == r and layer.lora_A.shape == (r, 256) and layer.lora_B.shape == (32, r)
+    assert torch.equal(layer.lora_A.detach(), reference)
+    assert layer.lora_A.abs().max() <= 1 / 16 and not layer.lora_B.any()
+
+
+@pytest.mark.parametrize("r", [0, -2])
+def test_layer_rejects_a_rank_below_one(r):
+    with pytest.raises(ValueError, match=f"r={r}"):
+        lora.LoRALinear(nn.Linear(4, 4), r=r)
