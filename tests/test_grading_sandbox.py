@@ -384,3 +384,56 @@ def test_grading_refuses_in_one_line_without_bwrap(tmp_path, monkeypatch, capsys
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "bubblewrap" in lines[0] and "refuse" in lines[0]
     assert not (tmp_path / "backups").exists() and not (tmp_path / "autograded").exists()
+
+
+def test_a_page_showing_a_hidden_line_is_not_published_and_the_run_fails(tmp_path, monkeypatch):
+    from qlora_lab.grading import workflow
+
+    for name in ("nbgrader_config.py", "source", "checks"):
+        src = ROOT / "labs" / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    hidden = sorted(report.hidden_lines(tmp_path, LAB))[0]
+    release = nbformat.read(ROOT / "labs" / "source" / LAB / f"{LAB}.ipynb", as_version=4)
+    for student in ("propre", "fuite"):
+        (tmp_path / "autograded" / student / LAB).mkdir(parents=True)
+        nbformat.write(nbformat.v4.new_notebook(), tmp_path / "autograded" / student / LAB / f"{LAB}.ipynb")
+
+    def fake_nbgrader(labs_dir, *args):  # what generate_feedback would write
+        for student, text in (("propre", "rien de caché"), ("fuite", hidden)):
+            page = tmp_path / "feedback.staging" / student / LAB / f"{LAB}.html"
+            page.parent.mkdir(parents=True)
+            page.write_text(f"<pre>{text}</pre>")
+
+    monkeypatch.setattr(workflow, "run_nbgrader", fake_nbgrader)
+    monkeypatch.setattr(workflow, "copy_mathjax", lambda folder: folder)
+    with pytest.raises(workflow.FeedbackLeak, match="fuite"):
+        workflow.feedback(tmp_path)
+    assert (tmp_path / "feedback" / "propre" / LAB / f"{LAB}.html").is_file()
+    assert not (tmp_path / "feedback" / "fuite").exists() and not (tmp_path / "feedback.staging").exists()
+    assert release.cells  # the source itself is untouched
+
+
+def test_a_new_run_keeps_manual_scores_and_backs_up_the_gradebook(tmp_path, monkeypatch):
+    from nbgrader.api import Gradebook
+
+    from qlora_lab.grading import store, workflow
+
+    monkeypatch.setenv("PATH", workflow.nbgrader_env()["PATH"])  # nbgrader runs `alembic` by name
+
+    with Gradebook(store.gradebook_url(tmp_path), COURSE_ID) as gb:
+        gb.add_assignment(LAB)
+        gb.add_notebook(LAB, LAB)
+        gb.add_grade_cell("q1_tests", LAB, LAB, max_score=3, cell_type="code")
+        gb.add_grade_cell("q5_reponse", LAB, LAB, max_score=2, cell_type="markdown")
+    store.save_scores(tmp_path, LAB, "dupont", {"q1_tests": 3.0, "q5_reponse": None}, review=False)
+    with Gradebook(store.gradebook_url(tmp_path), COURSE_ID) as gb:
+        gb.find_grade("q5_reponse", LAB, LAB, "dupont").manual_score = 1.5
+        gb.db.commit()
+    saved = store.backup(tmp_path)
+    store.save_scores(tmp_path, LAB, "dupont", {"q1_tests": 0.0, "q5_reponse": None}, review=True)
+    with Gradebook(store.gradebook_url(tmp_path), COURSE_ID) as gb:
+        q1, q5 = (gb.find_grade(g, LAB, LAB, "dupont") for g in ("q1_tests", "q5_reponse"))
+        assert (q1.auto_score, q1.needs_manual_grade) == (0.0, True)
+        assert (q5.manual_score, q5.score) == (1.5, 1.5)
+    with Gradebook(f"sqlite:///{saved / 'gradebook.db'}", COURSE_ID) as gb:
+        assert gb.find_grade("q1_tests", LAB, LAB, "dupont").auto_score == 3.0
