@@ -46,6 +46,22 @@ def test_build_dynamic_map_equals_bitsandbytes_for_every_setting(kwargs):
     assert torch.equal(build_dynamic_map(**kwargs), F.create_dynamic_map(**kwargs))
 
 
+def test_build_dynamic_map_is_float32_whatever_the_default_dtype():
+    """bitsandbytes computes the table in float32; so must we, even under a float64 default."""
+    from qlora_lab.quant.double_quant import build_dynamic_map
+
+    settings = [{}, {"max_exponent_bits": 4}, {"max_exponent_bits": 4, "total_bits": 6}]
+    expected = [F.create_dynamic_map(**kwargs) for kwargs in settings]  # under the float32 default
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        tables = [build_dynamic_map(**kwargs) for kwargs in settings]
+    finally:
+        torch.set_default_dtype(previous)
+    for table, reference in zip(tables, expected):
+        assert table.dtype == torch.float32 and torch.equal(table, reference)
+
+
 def test_dynamic_map_is_fine_near_zero_and_coarse_near_one():
     gaps = dynamic_map().diff()
     assert gaps[120:135].max() < 1e-4 < gaps[-5:].min()
@@ -117,6 +133,7 @@ def test_bits_per_param_values_from_the_paper():
     with pytest.raises(ValueError, match="dq_blocksize"):
         bits_per_param(64, True, 0)
     assert bits_per_param(64, True, 1) == 4 + 8 / 64 + 32 / 64  # one constant per second-level block
+    assert bits_per_param(1, double_quant=False) == 4 + 32  # a float32 absmax for every weight
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
