@@ -173,8 +173,10 @@ def test_the_validation_loss_falls(two_processes):
 
 def test_only_the_main_process_writes_and_reports(two_processes):
     out, proc, _ = two_processes
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "summary.json"]
-    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{SAVE_EVERY:06d}"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "adapter", "checkpoints", "metrics.jsonl", "run.json",
+                                                     "summary.json"]
+    # the periodic checkpoint, and the final one (written before the adapter, so that it is never lost)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{SAVE_EVERY:06d}", f"step-{STEPS:06d}"]
     assert len(read_metrics(out)) == STEPS  # one line per step, not one per process
     assert proc.stdout.count("validation loss") == 1
     assert proc.stderr.count("affinage qlora:   0%") == 1  # one progress bar

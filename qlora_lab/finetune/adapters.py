@@ -8,6 +8,7 @@ another model fails with a clear message instead of a tensor-size error.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,7 +44,9 @@ def attach_lora(model, config: FinetuneConfig, sharded: bool = False):
         model.gradient_checkpointing_enable(**checkpointing)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # PEFT reads a property transformers deprecated: noise for students
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def base_fingerprint(model) -> dict:
