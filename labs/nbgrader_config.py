@@ -52,8 +52,9 @@ c.Execute.timeout_func = cell_timeout
 c.Execute.interrupt_on_timeout = True
 
 # -------------------------------------------------------------------------- feedback
-# Hidden tests are removed from the feedback's test cells (their tracebacks are cut to
-# the error message): nbgrader's autograde restores them, and would otherwise show them.
+# The grader's notebooks behind the feedback hold the released (visible) test cells only,
+# and the hidden tests live in checks/<lab>.py; as a second guard, any hidden-test region
+# left in a test cell is removed from the feedback (its tracebacks cut to the message).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
     "qlora_lab.grading.preprocessors.HideHiddenTests",

@@ -12,10 +12,11 @@ HIDDEN_TESTS = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDE
 class HideHiddenTests(NbGraderPreprocessor):
     """Remove hidden-test regions from the feedback, and cut their tracebacks to one line.
 
-    nbgrader's autograde restores the full test cells (hidden tests included) from the
-    gradebook, so without this the feedback HTML would show students the hidden tests,
-    in the cell source and in the traceback's code context. (An NbGraderPreprocessor is
-    enabled by default; a plain nbconvert Preprocessor named in the config would not run.)
+    A second guard: the grader's feedback notebooks already hold only the released test
+    cells (the hidden tests are in labs/checks/ and run outside the student's kernel), but
+    a test cell restored from the gradebook would show its hidden region, in the source
+    and in the traceback's code context. (An NbGraderPreprocessor is enabled by default; a
+    plain nbconvert Preprocessor named in the config would not run.)
     """
 
     def preprocess_cell(self, cell, resources, index):
