@@ -91,3 +91,53 @@ def test_validation_loss_of_one_example_is_its_mean_token_loss(tiny_model):
     ids = example[0].input_ids
     by_hand = [float(torch.logsumexp(logits[i], 0) - logits[i, ids[i + 1]]) for i in range(2)]
     assert validation_loss(tiny_model, example, PAD) == pytest.approx(sum(by_hand) / 2, rel=1e-4)
+
+
+class TwoProcessAccelerator:
+    """Accelerate's reduce as a 2-process run computes it, the other process holding `other`.
+
+    Same semantics as accelerate.utils.reduce: "max" takes the maximum, anything else sums
+    over the processes, and "mean" then divides by the number of processes.
+    """
+
+    def __init__(self, other: torch.Tensor, num_processes: int = 2):
+        self.other, self.num_processes, self.calls = other, num_processes, 0
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        self.calls += 1
+        if self.num_processes == 1:
+            raise AssertionError("a single process has nothing to reduce")
+        both = torch.stack([tensor, self.other.to(tensor.dtype)])
+        out = both.max(dim=0).values if reduction == "max" else both.sum(dim=0)
+        return out / self.num_processes if reduction == "mean" else out
+
+
+def test_validation_loss_over_two_processes_is_the_token_mean_of_both_shards(tiny_model):
+    examples = unequal_examples()
+    mine, theirs = examples[:1] + examples[2:], examples[1:2]  # shards of unequal token counts
+    expected, _, _ = hand_token_mean(tiny_model, examples)
+    _, their_sums, their_counts = hand_token_mean(tiny_model, theirs)
+    accelerator = TwoProcessAccelerator(torch.tensor([sum(their_sums), float(sum(their_counts))], dtype=torch.float64))
+    got = validation_loss(tiny_model, mine, PAD, batch_size=2, accelerator=accelerator)
+    assert accelerator.calls == 1 and got == pytest.approx(expected, rel=2e-3)
+    alone, _, _ = hand_token_mean(tiny_model, mine)
+    assert abs(alone - expected) > 0.01 * expected  # this shard's own loss is not the answer
+
+
+def test_one_process_does_not_reduce(tiny_model):
+    accelerator = TwoProcessAccelerator(torch.zeros(2), num_processes=1)
+    examples = unequal_examples()
+    expected, _, _ = hand_token_mean(tiny_model, examples)
+    assert validation_loss(tiny_model, examples, PAD, accelerator=accelerator) == pytest.approx(expected, rel=2e-3)
+    assert accelerator.calls == 0
+
+
+def test_autocast_uses_the_compute_dtype_not_torch_default():
+    previous = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)  # a global default that must not leak in
+    try:
+        with autocast(torch.device("cpu")):
+            product = torch.ones(4, 4) @ torch.ones(4, 4)
+    finally:
+        torch.set_autocast_dtype("cpu", previous)
+    assert product.dtype == torch.bfloat16  # default_compute_dtype on a CPU
