@@ -24,7 +24,7 @@ MUTANTS = ROOT / "mutants"
 OUT = ROOT / "benchmarks" / "results"
 MODULES = ("quant/absmax.py", "quant/nf4.py", "quant/codes.py", "quant/double_quant.py", "finetune/lora.py",
            "finetune/evaluation.py", "sizing/flops.py", "sizing/memory.py")
-# mutmut 3's exit codes (mutmut.stats.status_by_exit_code); timeouts count as detected.
+# mutmut 3's exit codes (mutmut.stats.status_by_exit_code); timeouts and crashes count as detected.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
           None: "not checked"}
@@ -58,7 +58,7 @@ def collect() -> dict[str, dict]:
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         equivalent = [n for n in survivors if n in EQUIVALENT]
         gaps = [n for n in survivors if n not in EQUIVALENT]
-        killed = counts["killed"] + counts["timeout"]
+        killed = counts["killed"] + counts["timeout"] + counts["segfault"]  # a crash is detected too
         considered = killed + len(gaps)
         modules[relative] = {
             "total": len(codes), "run": True, "killed": killed, "survived": len(survivors),
