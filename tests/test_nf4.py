@@ -325,3 +325,39 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
 def test_bad_input_tensor_raises_value_error_naming_x(x):
     with pytest.raises(ValueError, match=r"^x "):
         quantize_4bit(x)
+
+
+def test_symmetric_normal_map_without_the_extra_value_equals_bitsandbytes():
+    """use_extra_value=False: 7 positive and 7 negative quantiles around an exact 0 (15 values)."""
+    ours = normal_map(BNB_NF4_OFFSET, use_extra_value=False)
+    theirs = F.create_normal_map(offset=BNB_NF4_OFFSET, use_extra_value=False).unique()  # 256 entries, zeros padded
+    assert ours.shape == (15,) and torch.equal(ours, theirs)
+
+
+def test_tables_are_float32_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        tables = {"fp4": fp4_levels(), "int4": int4_levels(), "normal_map": normal_map()}
+    finally:
+        torch.set_default_dtype(previous)
+    assert {name: t.dtype for name, t in tables.items()} == dict.fromkeys(tables, torch.float32)
+    assert torch.equal(tables["fp4"], F.get_4bit_type("fp4", device="cpu"))
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_to_bnb_quant_state_carries_every_field_bitsandbytes_sets(double_quant):
+    x = torch.randn(64, 128, generator=torch.Generator().manual_seed(5))
+    _, state = quantize_4bit(x, "nf4", 64, double_quant)
+    ours = to_bnb_quant_state(state)
+    _, theirs = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    assert isinstance(ours, F.QuantState) and ours.nested == theirs.nested == double_quant
+    assert (ours.shape, ours.blocksize, ours.quant_type, ours.dtype) == (theirs.shape, 64, "nf4", theirs.dtype)
+    assert torch.equal(ours.absmax, theirs.absmax) and torch.equal(ours.code, theirs.code)
+    if double_quant:
+        assert torch.equal(ours.offset, theirs.offset)
+        s2, t2 = ours.state2, theirs.state2
+        assert torch.equal(s2.absmax, t2.absmax) and torch.equal(s2.code, t2.code)
+        assert (s2.blocksize, s2.dtype) == (t2.blocksize, t2.dtype)
+    else:
+        assert ours.state2 is None and theirs.state2 is None
