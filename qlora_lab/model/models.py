@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,6 +178,24 @@ def _check_hub_reachable(name: str) -> None:
         raise _offline_error(name, error) from None
 
 
+@contextmanager
+def _no_loading_bar(enabled: bool):
+    """Hide transformers' "Loading weights" bar for a local model: it reads in a blink, the bar is noise.
+
+    A hub model keeps its bars (a download's progress is worth seeing).
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _offline_error(name: str, error: Exception) -> ModelNotFoundError:
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
     return ModelNotFoundError(
@@ -268,9 +287,10 @@ def load_model(
     quant = quantization_config(quantization, double_quant, compute_dtype, quant_storage)
     dtype = quant_storage if quant is not None and quant_storage.is_floating_point else compute_dtype
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, quantization_config=quant, device_map={"": str(device)}
-        )
+        with _no_loading_bar(enabled=Path(name).is_dir()):
+            model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, quantization_config=quant, device_map={"": str(device)}
+            )
     except OSError as error:
         raise _offline_error(name, error) from error
     if quant is not None:
