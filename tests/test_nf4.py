@@ -361,3 +361,70 @@ def test_to_bnb_quant_state_carries_every_field_bitsandbytes_sets(double_quant):
         assert (s2.blocksize, s2.dtype) == (t2.blocksize, t2.dtype)
     else:
         assert ours.state2 is None and theirs.state2 is None
+
+
+def test_defaults_are_the_fine_tune_defaults():
+    """quantize_4bit() quantizes as a default fine-tune does (NF4, double quantization)."""
+    from qlora_lab.finetune.config import FinetuneConfig
+
+    config = FinetuneConfig()
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(6))
+    _, state = quantize_4bit(x)
+    assert (state.quant_type, state.nested) == (config.quant_type, config.double_quant)
+
+
+def test_errors_name_the_argument_and_what_was_given():
+    with pytest.raises(ValueError, match="unknown quant_type 'nf5'"):
+        quantize_4bit(torch.randn(64), "nf5")
+    with pytest.raises(ValueError, match="floating-point tensor, got torch.int64"):
+        quantize_4bit(torch.arange(64))
+    with pytest.raises(ValueError, match="floating-point tensor, got <class 'list'>"):
+        quantize_4bit([0.5] * 64)
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        quantize_4bit(torch.tensor([1.0, float("nan")] * 32))
+    packed, state = quantize_4bit(torch.randn(64), "nf4", 64, False)
+    state.quant_type = "nf5"
+    with pytest.raises(ValueError, match="unknown quant_type 'nf5'"):
+        dequantize_4bit(packed, state)
+    state.quant_type, state.blocksize = "nf4", 48
+    with pytest.raises(ValueError, match="state.blocksize must be a positive power of two, got 48"):
+        dequantize_4bit(packed, state)
+
+
+def test_a_state_without_quant_type_dequantizes_with_its_own_table():
+    packed, state = quantize_4bit(torch.randn(64, 64, generator=torch.Generator().manual_seed(7)), "nf4", 64, False)
+    expected = dequantize_4bit(packed, state)
+    state.quant_type = None  # e.g. a custom code: the table in state.code is what counts
+    assert torch.equal(dequantize_4bit(packed, state), expected)
+
+
+def test_nested_state_with_another_second_level_blocksize():
+    from qlora_lab.quant.double_quant import dequantize_absmax, quantize_absmax
+
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(8))
+    packed, state = quantize_4bit(x, "nf4", 64, double_quant=False)
+    plain = dequantize_4bit(packed, state)
+    qabsmax, offset, absmax2, code2 = quantize_absmax(state.absmax, 128)
+    state.absmax, state.offset = qabsmax, offset
+    state.state2 = type(state)(absmax=absmax2, code=code2, blocksize=128, dtype=torch.float32)
+    restored = dequantize_absmax(qabsmax, offset, absmax2, code2, 128)
+    expected = (plain.view(-1, 64) / plain.view(-1, 64).abs().amax(1, keepdim=True).clamp(min=1e-30)
+                * restored[:, None]).view_as(x)
+    torch.testing.assert_close(dequantize_4bit(packed, state), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [3, 75, 64 * 9 + 33])
+@pytest.mark.parametrize("chunk", [2**24, 256])
+def test_odd_sizes_and_small_chunks_equal_bitsandbytes(monkeypatch, n, chunk):
+    """Chunking never changes a result: 256-value chunks (4 blocks) across a partial last block."""
+    from qlora_lab.quant import nf4
+
+    monkeypatch.setattr(nf4, "CHUNK_ELEMENTS", chunk)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    for dtype in (torch.float32, torch.bfloat16):
+        packed, state = quantize_4bit(x.to(dtype), "nf4", 64, double_quant=True)
+        bnb_packed, bnb_state = F.quantize_4bit(x.to(dtype), blocksize=64, quant_type="nf4", compress_statistics=True)
+        assert torch.equal(packed, bnb_packed) and torch.equal(state.absmax, bnb_state.absmax)
+        ours = dequantize_4bit(packed, state)
+        assert ours.shape == x.shape and ours.dtype == dtype
+        assert torch.equal(ours.reshape(-1), F.dequantize_4bit(bnb_packed, bnb_state).reshape(-1))
