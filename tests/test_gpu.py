@@ -53,6 +53,15 @@ def test_4bit_codes_and_absmax_equal_the_cuda_kernel(cuda, bnb_functional, quant
     assert torch.equal(ours, bnb_functional.dequantize_4bit(bnb_packed, bnb_state))
 
 
+@pytest.mark.parametrize("n", [3, 64 * 1001 + 33])
+def test_odd_sizes_equal_the_cuda_kernel(cuda, bnb_functional, n):
+    """An odd count gets a padding code of 0.0, made on the GPU; a partial last block."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)).to(cuda)
+    packed, state = quantize_4bit(x, "nf4", 64, double_quant=False)
+    bnb_packed, bnb_state = bnb_functional.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed.view(-1), bnb_packed.view(-1)) and torch.equal(state.absmax, bnb_state.absmax)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_nf4_with_double_quant_dequantizes_like_the_cuda_kernel(cuda, bnb_functional, dtype):
     """With DQ: the 4-bit codes are identical; the 8-bit constants may differ on rare values.
