@@ -57,12 +57,14 @@ def collect() -> dict[str, dict]:
         counts = Counter(statuses.values())
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         equivalent = [n for n in survivors if n in EQUIVALENT]
+        device_only = [n for n in equivalent if "tests/test_gpu.py" in EQUIVALENT[n]]
         gaps = [n for n in survivors if n not in EQUIVALENT]
         killed = counts["killed"] + counts["timeout"] + counts["segfault"]  # a crash is detected too
         considered = killed + len(gaps)
         modules[relative] = {
             "total": len(codes), "run": True, "killed": killed, "survived": len(survivors),
-            "equivalent": len(equivalent), "not_killed_non_equivalent": len(gaps),
+            "equivalent": len(equivalent), "of_which_cuda_only": len(device_only),
+            "not_killed_non_equivalent": len(gaps),
             "no_tests": counts["no tests"], "not_checked": counts["not checked"],
             "score": round(killed / considered, 4) if considered else None,
             "equivalent_mutants": {n: EQUIVALENT[n] for n in equivalent},
@@ -79,15 +81,18 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
              "(`[tool.mutmut]` in pyproject.toml: each mutant runs only the fast tests of its module that reach "
              "the mutated function).", "",
              "Score = killed / (killed + surviving non-equivalent mutants). *No tests*: mutants in functions that "
-             "no selected fast test calls (plotting helpers); *not checked*: not run in this session.", "",
-             "| module | mutants | killed | survived | equivalent | gaps | no tests | not checked | score |",
+             "no selected fast test calls (plotting helpers); *not checked*: not run in this session. "
+             "*Equivalent* includes *CUDA-only* mutants: the same on a CPU, caught by tests/test_gpu.py on a GPU "
+             "(not run here: no GPU).", "",
+             "| module | mutants | killed | survived | equivalent (CUDA-only) | gaps | no tests | not checked | score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for relative, m in modules.items():
         if not m["run"]:
             lines.append(f"| {relative} | – | – | – | – | – | – | – | not run |")
             continue
         score = "–" if m["score"] is None else f"{100 * m['score']:.1f} %"
-        lines.append(f"| {relative} | {m['total']} | {m['killed']} | {m['survived']} | {m['equivalent']} | "
+        lines.append(f"| {relative} | {m['total']} | {m['killed']} | {m['survived']} | "
+                     f"{m['equivalent']} ({m['of_which_cuda_only']}) | "
                      f"{m['not_killed_non_equivalent']} | {m['no_tests']} | {m['not_checked']} | {score} |")
     for relative, m in modules.items():
         if not m.get("run") or not (m["equivalent_mutants"] or m["surviving_gaps"] or m["no_test_functions"]):
