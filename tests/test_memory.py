@@ -302,3 +302,60 @@ def test_smallest_gpu_that_fits_counts_a_gpu_that_is_exactly_full():
     assert memory.smallest_gpu_that_fits(8e9 + 1) == 12
     assert memory.smallest_gpu_that_fits(80e9) == 80 and memory.smallest_gpu_that_fits(80e9 + 1) is None
     assert memory.smallest_gpu_that_fits(20e9, sizes_gb=(48, 24)) == 24  # any order
+
+
+# --- weight bytes and training items against a real (tiny) model --------------------------
+
+def tiny_llama_and_shape(tie: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+    return LlamaForCausalLM(config), ModelShape.from_config(config)
+
+
+@pytest.mark.parametrize("fmt, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_weight_bytes_of_a_whole_dtype_equal_the_model_parameters(fmt, dtype):
+    model, shape = tiny_llama_and_shape()
+    model = model.to(dtype)
+    assert memory.weight_bytes(shape, fmt) == sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_int8_weight_bytes_equal_bitsandbytes_int8_codes_and_row_scales():
+    """LLM.int8: bitsandbytes' own row-wise quantizer on every decoder linear, the rest in bf16."""
+    F = import_bnb().functional
+    model, shape = tiny_llama_and_shape()
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            codes, row_scales, _ = F.int8_vectorwise_quant(module.weight.data.to(torch.float16))
+            total += codes.numel() * codes.element_size() + row_scales.numel() * row_scales.element_size()
+    linear_ids = {id(m.weight) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    total += 2 * sum(p.numel() for p in model.parameters() if id(p) not in linear_ids)
+    assert memory.weight_bytes(shape, "int8") == total
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("gate_proj",)])
+def test_training_items_follow_the_model(targets):
+    from qlora_lab.finetune.lora import lora_params_of_model
+
+    model, shape = tiny_llama_and_shape()
+    n_params = sum(p.numel() for p in model.parameters())
+    adapters = lora_params_of_model(model, 4, targets)
+    full = memory.training_memory(shape, "full", seq_len=8)
+    assert (full.method, full.weights, full.adapters, full.gradients) == ("full", 2 * n_params, 0.0, 2 * n_params)
+    lora_run = memory.training_memory(shape, "lora", seq_len=8, r=4, target_modules=targets)
+    assert (lora_run.method, lora_run.weights) == ("lora", 2 * n_params)  # a bf16 base
+    assert lora_run.adapters == lora_run.gradients == 4 * adapters  # fp32 A and B, PEFT's default
+    qlora_run = memory.training_memory(shape, "qlora", seq_len=8, r=4, target_modules=targets)
+    assert qlora_run.method == "qlora" and qlora_run.weights == memory.weight_bytes(shape, "nf4-dq") < 2 * n_params
+
+
+def test_activation_arguments_are_checked_with_clear_messages():
+    shape = CODELLAMA["7B"]
+    assert memory.activation_bytes(shape, seq_len=1, batch=1) > 0
+    for bad in (dict(seq_len=0, batch=1), dict(seq_len=16, batch=0), dict(seq_len=-1, batch=-1)):
+        with pytest.raises(ValueError, match=f"seq_len={bad['seq_len']}, batch={bad['batch']}"):
+            memory.activation_bytes(shape, **bad)
+    with pytest.raises(ValueError, match="attention='flash'"):
+        memory.activation_bytes(shape, 16, attention="flash")
