@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from qlora_lab.quant import absmax
 from qlora_lab.quant.absmax import (
     QuantizedTensor,
     code_range,
@@ -196,3 +197,56 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
 def test_bad_input_tensor_raises_value_error_naming_x(x):
     with pytest.raises(ValueError, match=r"^x "):
         quantize(x)
+
+
+# --- checks that kill mutants left alive by the tests above (make mutation) -------------------
+
+def test_fake_quantize_defaults_are_8_bit_absmax_per_tensor_like_torch():
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(11))
+    scale = float(x.abs().max()) / 127
+    expected = torch.fake_quantize_per_tensor_affine(x, scale, 0, -127, 127)
+    torch.testing.assert_close(absmax.fake_quantize(x), expected, rtol=0, atol=1e-6)
+
+
+def test_fake_quantize_uses_the_blocksize_given():
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(12))
+    blocks = x.reshape(-1, 16)
+    scales = blocks.abs().amax(dim=1) / 7  # 4-bit absmax, one scale per 16 values
+    expected = torch.fake_quantize_per_channel_affine(blocks, scales, torch.zeros(len(scales), dtype=torch.int32),
+                                                      0, -7, 7).view_as(x)
+    got = absmax.fake_quantize(x, bits=4, granularity="block", blocksize=16)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_zeropoint_per_channel_like_torch_including_an_all_zero_channel():
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(13)) * torch.tensor([[0.1], [1.0], [5.0], [0.0]])
+    x[1] += 2.0  # a channel of positive values: its range is widened down to 0
+    qt = absmax.quantize(x, bits=8, scheme="zeropoint", granularity="channel")
+    assert qt.zero_point.dtype == torch.int32 and qt.scale[3] == 1.0  # all-zero channel: any scale, here 1
+    lo, hi = x.amin(dim=1).clamp(max=0), x.amax(dim=1).clamp(min=0)
+    scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones(4))
+    zero_point = (-torch.round(lo / scale)).to(torch.int32)
+    expected = torch.fake_quantize_per_channel_affine(x, scale, zero_point, 0, 0, 255)
+    torch.testing.assert_close(absmax.dequantize(qt), expected, rtol=0, atol=1e-6)
+    assert torch.equal(absmax.dequantize(qt)[3], torch.zeros(32))
+
+
+def test_one_dimensional_tensor_per_channel_has_one_value_per_channel():
+    x = torch.tensor([0.5, -2.0, 3.0])
+    qt = absmax.quantize(x, granularity="channel")
+    torch.testing.assert_close(qt.scale, x.abs() / 127)
+    torch.testing.assert_close(absmax.dequantize(qt), x)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="x must be a torch.Tensor, got list"):
+        absmax.quantize([1.0, 2.0])
+    with pytest.raises(ValueError, match="unknown scheme 'affine'"):
+        absmax.quantize(torch.ones(4), scheme="affine")
+    with pytest.raises(ValueError, match="granularity='channel' needs a tensor with at least 1 dimension"):
+        absmax.quantize(torch.tensor(1.0), granularity="channel")
+
+
+def test_sqnr_of_an_all_zero_signal_is_minus_infinity():
+    errors = absmax.quantization_error(torch.zeros(8), torch.ones(8))
+    assert errors["sqnr_db"] == -math.inf
