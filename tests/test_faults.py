@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import qlora_lab.finetune.atomic as atomic
-from process_helpers import TIMEOUT_S, wait_for_steps
+from process_helpers import TIMEOUT_S
 from qlora_lab.finetune.atomic import DiskFullError
 from qlora_lab.finetune.config import FinetuneConfig
 from qlora_lab.finetune.interrupts import SecondInterrupt
@@ -149,20 +149,51 @@ def test_ten_crashes_at_seeded_random_points_then_resume_equal_an_uninterrupted_
     assert_same_as_reference(out, reference)
 
 
-def test_sigkill_at_a_seeded_random_time_then_resume_equals_an_uninterrupted_run(data, reference, tmp_path):
-    """A real SIGKILL of the CLI process (no handler runs), at a random moment after a checkpoint.
+KILLS = 10
+KILL_RUN = RUN | {"max_steps": 24}  # long enough that ten kills land before the end
 
-    One kill, as each costs a process start; the ten crashes above cover the points in between.
+
+@pytest.fixture(scope="module")
+def kill_reference(base, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kill-reference")
+    run(base, data, out, **KILL_RUN)
+    return out
+
+
+def test_ten_sigkills_at_seeded_random_times_then_resume_equal_an_uninterrupted_run(data, kill_reference, tmp_path):
+    """Real SIGKILLs of the CLI process (no handler, no `finally`, no flush runs), at seeded random moments.
+
+    Each kill lands after the run has logged a new step, at a random delay within a step, so
+    it can hit a step, a checkpoint being written, the metrics line or the manifest. After
+    each kill the run is continued with --resume (or restarted with --overwrite when no
+    checkpoint was complete yet); at the end every step is logged once and the adapter is
+    byte-identical to an uninterrupted run's.
     """
-    cli = launch_command(1, FinetuneConfig(data=data, output_dir=str(tmp_path), **RUN).to_argv())
-    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
-    wait_for_steps(tmp_path, 3)
-    time.sleep(random.Random(7).uniform(0, 0.5))
-    proc.kill()
-    proc.wait()
-    assert not (tmp_path / "summary.json").exists() and checkpoints(tmp_path)
-    subprocess.run(cli + ["--resume"], check=True, capture_output=True, timeout=TIMEOUT_S, env=ONE_THREAD)
-    assert_same_as_reference(tmp_path, reference)
+    rng, out = random.Random(1414), tmp_path / "run"
+    base_cli = launch_command(1, FinetuneConfig(data=data, output_dir=str(out), **KILL_RUN).to_argv())
+    kills = 0
+    while kills < KILLS:
+        start = last_checkpoint(out)
+        cli = base_cli + (["--resume"] if start is not None else ["--overwrite"])
+        logged = len(read_metrics(out)) if start is not None else 0
+        log = (tmp_path / f"kill-{kills}.log").open("w")  # not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=log, env=ONE_THREAD)
+        target = min(logged + 1, KILL_RUN["max_steps"] - 1) if start is not None else 1
+        while len(read_metrics(out)) < target and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.3))
+        assert proc.poll() is None, f"the run ended before its kill: {Path(log.name).read_text()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=TIMEOUT_S) == -signal.SIGKILL
+        log.close()
+        kills += 1
+    assert not (out / "summary.json").exists()
+    finished = subprocess.run(base_cli + ["--resume"], capture_output=True, text=True, timeout=TIMEOUT_S,
+                              env=ONE_THREAD)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, KILL_RUN["max_steps"] + 1))
+    assert adapter_bytes(out) == adapter_bytes(kill_reference)
+    assert not list(Path(out).rglob(".tmp-*"))
 
 
 # --- Ctrl-C -----------------------------------------------------------------------------------
