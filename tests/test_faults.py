@@ -150,7 +150,8 @@ def test_ten_crashes_at_seeded_random_points_then_resume_equal_an_uninterrupted_
 
 
 KILLS = 10
-KILL_RUN = RUN | {"max_steps": 24}  # long enough that ten kills land before the end
+KILL_RUN = RUN | {"max_steps": 40}
+LAST_KILL_STEP = 30  # kills land at or before it: well before the end, never after the final save
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_ten_sigkills_at_seeded_random_times_then_resume_equal_an_uninterrupted_
         logged = len(read_metrics(out)) if start is not None else 0
         log = (tmp_path / f"kill-{kills}.log").open("w")  # not a pipe: a full pipe would stall the run
         proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=log, env=ONE_THREAD)
-        target = min(logged + 1, KILL_RUN["max_steps"] - 1) if start is not None else 1
+        target = min(logged + 1, LAST_KILL_STEP) if start is not None else 1
         while len(read_metrics(out)) < target and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(rng.uniform(0, 0.3))
