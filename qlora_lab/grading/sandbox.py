@@ -87,8 +87,11 @@ def bwrap_command(limits: Limits, hidden: list[Path], argv: list[str]) -> list[s
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
             command += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+    size = str(limits.folder_bytes)
+    # /tmp first: the read-only binds come after it, so a venv or a checkout under /tmp stays visible
+    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
     for path in _readonly_paths():
-        parents = [p for p in reversed(Path(path).parents) if str(p) != "/"]
+        parents = [p for p in reversed(Path(path).parents) if str(p) not in ("/", "/tmp")]
         for parent in parents:
             command += ["--perms", "0755", "--dir", str(parent)]
         command += ["--ro-bind", path, path]
@@ -98,9 +101,8 @@ def bwrap_command(limits: Limits, hidden: list[Path], argv: list[str]) -> list[s
            "JUPYTER_RUNTIME_DIR": f"{SANDBOX_HOME}/.jupyter", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.mpl",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache",
            "PYTHONDONTWRITEBYTECODE": "1"}
-    size = str(limits.folder_bytes)
-    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-                "--perms", "1777", "--size", size, "--tmpfs", SANDBOX_HOME, "--chdir", SANDBOX_HOME, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+    command += ["--perms", "1777", "--size", size, "--tmpfs", SANDBOX_HOME, "--chdir", SANDBOX_HOME,
+                "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
                 *_namespace_args()]
     for key, value in env.items():
