@@ -13,18 +13,17 @@ import hashlib
 import json
 from array import array
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 from qlora_lab.finetune.atomic import write_text
 from qlora_lab.finetune.config import FinetuneConfig
 from qlora_lab.finetune.data import Example
 from qlora_lab.finetune.rundir import RUN_MANIFEST, manifest_path
+from qlora_lab.hardware.sysinfo import library_versions
 
 # Fields a resume may change: they decide when the run stops, evaluates or saves, and where it writes.
 RESUMABLE = ("max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "output_dir", "resume",
              "overwrite", "dist_timeout_s")
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
 
 def data_fingerprint(train: list[Example], val: list[Example]) -> str:
@@ -36,16 +35,6 @@ def data_fingerprint(train: list[Example], val: list[Example]) -> str:
             digest.update(array("q", example.input_ids).tobytes())
             digest.update(array("q", example.labels).tobytes())
     return digest.hexdigest()
-
-
-def library_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def config_values(config: FinetuneConfig) -> dict:
