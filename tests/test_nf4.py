@@ -13,6 +13,7 @@ from qlora_lab.quant.nf4 import (
     QuantState,
     codebook,
     dequantize_4bit,
+    e2m1_levels,
     fp4_levels,
     int4_levels,
     nf4_levels,
@@ -103,6 +104,18 @@ def test_fp4_levels_equal_bitsandbytes_table():
     raw = fp4_levels() * 12  # undo the normalisation
     assert raw[:8].tolist() == [0, 0.0625, 8, 12, 4, 6, 2, 3]
     assert torch.equal(raw[8:], -raw[:8])
+
+
+def test_standard_e2m1_levels_follow_the_ocp_table_and_differ_from_bitsandbytes_only_below_one_sixth():
+    raw = (e2m1_levels() * 6).tolist()  # OCP MX spec v1.0, table of FP4 E2M1 values
+    assert sorted(set(abs(v) for v in raw)) == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+    assert raw[8:] == [-v for v in raw[:8]]
+    ours, bnb_fp4 = e2m1_levels(), F.get_4bit_type("fp4", device="cpu")
+    positive = lambda t: t[t > 0].sort().values  # noqa: E731
+    # the five largest levels agree (2/12 ... 12/12 = 1/6 ... 1); the small ones do not
+    torch.testing.assert_close(positive(ours)[-5:], positive(bnb_fp4)[-5:])
+    assert positive(bnb_fp4)[1] / positive(bnb_fp4)[0] == pytest.approx(32)
+    assert positive(ours)[1] / positive(ours)[0] == pytest.approx(2)
 
 
 def test_int4_levels_are_uniform_and_symmetric():

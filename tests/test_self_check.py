@@ -103,3 +103,40 @@ def test_verdict_displays_as_french_html_and_markdown(fake_registry):
     assert "Juste" in verdict._repr_html_() and "qlora-verdict-juste" in verdict._repr_html_()
     assert verdict._repr_markdown_().startswith("**✅ Exercice 99.1 : Juste**")
     assert "<" not in Verdict("faux", "a < b")._repr_html_().split("</strong>")[1].replace("</div>", "")
+
+
+def test_the_course_registry_holds_the_exercises_of_chapters_01_to_03():
+    ids = self_check.registry()
+    assert all(re.fullmatch(r"\d\d\.\d+", i) for i in ids)
+    assert {"01.1", "01.2", "01.3", "02.1", "02.2", "02.3", "03.1", "03.2", "03.3"} <= set(ids)
+
+
+def test_chapter_01_checkers_against_independent_computations():
+    from qlora_lab.course.images import load_sample_image, psnr, quantize_image
+
+    photo = load_sample_image()
+    bits = next(b for b in range(1, 9) if psnr(photo, quantize_image(photo, b)) > 40)
+    assert verifier("01.2", bits).juste
+    assert verifier("01.2", bits + 1).status == "faux" and not _revealed(verifier("01.2", bits + 1), bits)
+    # 01.1 by hand: absmax scale max|x|/7, zero-point scale (max-min)/15
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    s = x.abs().max() / 7
+    absmax_mse = ((torch.round(x / s) * s - x) ** 2).mean()
+    s2 = (x.max() - x.min()) / 15
+    z = torch.round(-x.min() / s2)
+    zp_mse = (((torch.clamp(torch.round(x / s2) + z, 0, 15) - z) * s2 - x) ** 2).mean()
+    ratio = float(absmax_mse / zp_mse)
+    assert verifier("01.1", ratio).juste
+    assert verifier("01.1", 1.0).status != "juste"
+
+
+def test_chapter_02_and_03_cheap_checkers():
+    assert verifier("02.3", {"qlora": 16 * (4096 + 4096), "qat": 4096 * 4096}).juste
+    half = verifier("02.3", {"qlora": 16 * 4096, "qat": 4096 * 4096})
+    assert half.status == "partiel" and not _revealed(half, 16 * 8192)
+    from qlora_lab.backends import import_bnb
+
+    symmetric = import_bnb().functional.create_normal_map(use_extra_value=False)
+    levels = symmetric.unique()  # 256 entries, zeros as padding
+    assert verifier("03.1", {"niveaux": levels.numel(), "positifs": int((levels > 0).sum())}).juste
+    assert verifier("03.1", {"niveaux": 16, "positifs": 8}).status == "faux"

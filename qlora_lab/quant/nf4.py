@@ -141,6 +141,25 @@ def fp4_levels() -> torch.Tensor:
     return table / table.abs().max()
 
 
+def e2m1_levels() -> torch.Tensor:
+    """The standard FP4 E2M1 values (OCP Microscaling spec v1.0), by bit pattern, in [-1, 1].
+
+    Exponent bias 1: ``(1 + m/2) * 2^(e - 1)`` for e > 0 and the subnormal ``m/2`` for
+    e = 0, so the magnitudes are 0, 0.5, 1, 1.5, 2, 3, 4, 6 (divided by 6 here). Shown
+    beside :func:`fp4_levels` because bitsandbytes maps the exponent differently: its
+    subnormal is 0.0625/12 ≈ 0.0052, 32 times below its next level, where E2M1's
+    subnormal is half its smallest normal.
+    """
+    raw = []
+    for pattern in range(16):
+        sign = -1.0 if pattern & 0b1000 else 1.0
+        exponent, mantissa = (pattern >> 1) & 0b11, pattern & 0b1
+        magnitude = (1 + mantissa / 2) * 2.0 ** (exponent - 1) if exponent else mantissa / 2
+        raw.append(sign * magnitude)
+    table = torch.tensor(raw, dtype=torch.float32)
+    return table / table.abs().max()
+
+
 def int4_levels() -> torch.Tensor:
     """Uniform INT4 levels: k/7 for k = -7..7, ascending, 0 listed twice (16 entries).
 
