@@ -39,7 +39,7 @@ def attach_lora(model, config: FinetuneConfig, sharded: bool = False):
     if config.mode == "qlora" and not sharded:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
                                                 **checkpointing)
-    elif config.mode == "qlora" and config.gradient_checkpointing:
+    elif config.gradient_checkpointing:  # sharded QLoRA, or 16-bit LoRA
         model.enable_input_require_grads()
         model.gradient_checkpointing_enable(**checkpointing)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
