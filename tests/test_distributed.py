@@ -27,7 +27,9 @@ from qlora_lab.finetune.config import FinetuneConfig
 from qlora_lab.finetune.loop import finetune
 from qlora_lab.finetune.prepare import load_for_mode
 from qlora_lab.finetune.rundir import read_metrics
+from qlora_lab.model.llama_shapes import ModelShape
 from qlora_lab.model.models import load_model
+from qlora_lab.sizing.multi_gpu import per_device_memory, quant_constant_bytes
 
 STEPS, PER_PROCESS_BATCH, SAVE_EVERY = 10, 2, 5
 RUN = dict(max_steps=STEPS, seq_len=64, eval_examples=8, lora_dropout=0.0, save_every=SAVE_EVERY)
@@ -127,20 +129,43 @@ def test_sharded_qlora_keeps_one_dtype_per_layer_for_fsdp():
     assert all(dtypes == {"torch.bfloat16", "torch.float32"} for dtypes in _frozen_dtypes_per_layer(plain))
 
 
-def test_fsdp2_shards_the_bf16_stored_4_bit_base_over_two_cpu_processes_and_trains(tmp_path):
-    """Accelerate runs FSDP only on GPUs; PyTorch's fully_shard runs on CPU: the same model preparation."""
+@pytest.fixture(scope="module")
+def fsdp2_ranks(tmp_path_factory) -> list[dict]:
+    """One 2-process FSDP2 run (tests/fsdp2_worker.py): what each rank reported."""
+    out = tmp_path_factory.mktemp("fsdp2")
     worker = Path(__file__).with_name("fsdp2_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(worker), str(tmp_path)]
+           "--master_port", str(free_port()), str(worker), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
-    for r in ranks:
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def test_fsdp2_shards_the_bf16_stored_4_bit_base_over_two_cpu_processes_and_trains(fsdp2_ranks):
+    """Accelerate runs FSDP only on GPUs; PyTorch's fully_shard runs on CPU: the same model preparation."""
+    for r in fsdp2_ranks:
         assert r["linear4bit_storage"] == ["torch.bfloat16"]
         assert r["local_bytes"] == pytest.approx(r["full_bytes"] / 2, rel=0.01)  # each rank keeps half
         assert r["losses"][-1] < r["losses"][0] - 0.5
-    assert ranks[0]["digest"] == ranks[1]["digest"]  # one model, sharded: gathered adapters agree
+    assert fsdp2_ranks[0]["digest"] == fsdp2_ranks[1]["digest"]  # one model, sharded: gathered adapters agree
+
+
+def test_fsdp_estimator_per_rank_equals_the_shards_each_rank_holds(fsdp2_ranks):
+    """per_device_memory(..., 'fsdp', n_devices=2) item by item against the bytes FSDP2 left on each rank."""
+    r0 = fsdp2_ranks[0]
+    shape = ModelShape(**r0["shape"])
+    estimate = per_device_memory(shape, "qlora", "fsdp", n_devices=2, r=r0["lora_r"],
+                                 target_modules=r0["target_modules"])
+    constants = quant_constant_bytes(shape)  # bitsandbytes' quant_state: on every rank, not sharded
+    for r in fsdp2_ranks:  # every dimension splits evenly over 2 ranks here: the bytes are exact
+        held = r["held"]
+        assert held["frozen"] == estimate.weights - constants  # 4-bit codes in bf16 + bf16 embeddings, norms
+        assert held["adapters"] == estimate.adapters  # fp32 LoRA A, B
+        assert held["gradients"] == estimate.gradients
+        assert held["optimizer"] == estimate.optimizer  # AdamW's m and v
+        # nested absmax: whole 256-block floats per tensor (ceil) where the estimator counts a fraction
+        assert r["quant_constants"] == pytest.approx(constants, rel=1e-3)
 
 
 # --- two processes ------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from qlora_lab.finetune.loop import finetune
 from qlora_lab.finetune.prepare import make_optimizer
 from qlora_lab.model.models import load_model
 from qlora_lab.quant.double_quant import dequantize_absmax
-from qlora_lab.quant.nf4 import dequantize_4bit, quantize_4bit
+from qlora_lab.quant.codes import nearest_code
+from qlora_lab.quant.nf4 import codebook, dequantize_4bit, quantize_4bit
 
 pytestmark = pytest.mark.gpu
 
@@ -87,6 +88,16 @@ def test_nf4_with_double_quant_dequantizes_like_the_cuda_kernel(cuda, bnb_functi
     theirs_w = bnb_functional.dequantize_4bit(bnb_packed, bnb_state)
     assert ours_w.dtype == theirs_w.dtype == dtype
     torch.testing.assert_close(ours_w.float(), theirs_w.float(), rtol=1e-2, atol=1e-3)
+
+
+def test_nearest_code_with_levels_closer_than_its_grid_on_cuda(cuda):
+    """The binary-search fallback on the GPU: a CPU table, CUDA values, the same codes as on the CPU."""
+    code = codebook("nf4").clone()
+    code[9] = code[8] + 1e-4  # two midpoints in one grid cell: nearest_code falls back to bucketize
+    values = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    found = nearest_code(values.to(cuda), code)
+    assert found.is_cuda
+    assert torch.equal(found.cpu(), (values.reshape(-1, 1) - code).abs().argmin(dim=1).to(torch.uint8))
 
 
 # --- a real QLoRA fine-tune on the GPU ---------------------------------------------------------
