@@ -48,6 +48,26 @@ def _significant_decimals(x: float, digits: int) -> int:
     return max(0, digits - 1 - magnitude)
 
 
+SUPERSCRIPTS = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def scientifique(x: float, chiffres: int = 3) -> str:
+    """A number in French scientific notation: `scientifique(6.1035e-05)` -> '6,10·10⁻⁵'.
+
+    For the very small and very large values (gradients, float ranges) where `nombre`
+    would print a row of zeros; `chiffres` significant digits.
+    """
+    if x == 0 or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return nombre(x)
+    exponent = math.floor(math.log10(abs(x)))
+    mantissa = round(x / 10**exponent, chiffres - 1)
+    if abs(mantissa) >= 10:  # 9.999 rounded up to 10.0
+        mantissa, exponent = mantissa / 10, exponent + 1
+    if exponent == 0:
+        return nombre(mantissa, chiffres - 1)
+    return f"{nombre(mantissa, chiffres - 1)}·10{str(exponent).translate(SUPERSCRIPTS)}"
+
+
 def pourcentage(fraction: float, decimales: int = 1) -> str:
     """A fraction as a French percentage: `pourcentage(0.978)` -> '97,8 %'."""
     return f"{nombre(100 * fraction, decimales)}{NBSP}%"

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from qlora_lab.french import nombre
 from qlora_lab.quant.formats import format_markdown, format_table, int_range, loss_scaling_demo, number_format, round_trip
 
 
@@ -53,7 +54,17 @@ def test_loss_scaling_recovers_fp16_gradient():
 def test_markdown_has_one_row_per_format():
     md = format_markdown(format_table())
     assert len(md.splitlines()) == 2 + 5
-    assert "65504" in md and "| int4 | 4 |" in md
+    assert nombre(65504) in md and "| int4 | 4 |" in md
+    assert "5,96·10⁻⁸" in md  # fp16's smallest subnormal, 2^-24
+
+
+def test_smallest_subnormal_is_what_repeated_halving_reaches():
+    for name in ("float32", "float16", "bfloat16"):
+        dtype = getattr(torch, name)
+        x = torch.tensor(1.0, dtype=dtype)
+        while (x / 2).item() > 0:
+            x = x / 2
+        assert x.item() == number_format(name).smallest_subnormal
 
 
 def test_unknown_format_raises():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qlora_lab.french import NBSP, THIN_NBSP, Tableau, duree, nombre, octets, plus_ou_moins, pourcentage
+from qlora_lab.french import NBSP, THIN_NBSP, Tableau, duree, nombre, octets, plus_ou_moins, pourcentage, scientifique
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,12 @@ def test_tableau_renders_french_cells_in_html_markdown_and_text():
     assert "1,235" in str(table) and "{" not in str(table)
     with pytest.raises(ValueError):
         Tableau([])
+
+
+@pytest.mark.parametrize("value, digits, expected", [
+    (6.103515625e-05, 3, "6,10·10⁻⁵"), (5.960464477539063e-08, 3, "5,96·10⁻⁸"),
+    (-3.4028234663852886e38, 2, "−3,4·10³⁸"), (9.9996e-3, 3, "1,00·10⁻²"), (2.5, 2, "2,5"),
+    (0.0, 3, "0"), (float("inf"), 3, "∞"),
+])
+def test_scientifique(value, digits, expected):
+    assert scientifique(value, digits) == expected

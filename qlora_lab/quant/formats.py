@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qlora_lab.french import nombre, scientifique
+
 FLOAT_FORMATS = ("float32", "float16", "bfloat16")
 INT_FORMATS = {"int8": 8, "int4": 4}
 DEFAULT_FORMATS = ("float32", "float16", "bfloat16", "int8", "int4")
@@ -41,6 +43,15 @@ class NumberFormat:
     def decimal_digits(self) -> float:
         """About how many significant decimal digits a float keeps (-log10 eps)."""
         return -math.log10(self.eps)
+
+    @property
+    def smallest_subnormal(self) -> float:
+        """Smallest positive value: below the normals, IEEE 754 subnormals step by tiny·eps.
+
+        fp16: 2^-14 · 2^-10 = 2^-24 ≈ 5.96e-8 (integers: 1). Values there keep fewer
+        significant digits, down to one bit at this smallest one.
+        """
+        return self.smallest_normal * self.eps if self.kind == "float" else 1.0
 
     @property
     def dynamic_range_decades(self) -> float:
@@ -80,19 +91,26 @@ def format_table(names: tuple[str, ...] = DEFAULT_FORMATS) -> list[NumberFormat]
     return [number_format(n) for n in names]
 
 
+def _cell(x: float) -> str:
+    """French digits; scientific notation for the very large and very small."""
+    return nombre(x) if x == 0 or 1e-3 <= abs(x) < 1e6 else scientifique(x)
+
+
 def format_markdown(table: list[NumberFormat]) -> str:
-    """A Markdown table (French headers) for `IPython.display.Markdown`."""
+    """A Markdown table (French headers and numbers) for `IPython.display.Markdown`."""
     lines = [
-        "| format | bits | signe/exposant/mantisse | min | max | plus petit normal | epsilon (pas près de 1) | chiffres décimaux |",
-        "|---|---|---|---|---|---|---|---|",
+        "| format | bits | signe/exposant/mantisse | min | max | plus petit normal "
+        "| plus petit sous-normal | epsilon (pas près de 1) | chiffres décimaux |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for f in table:
         layout = "/".join(map(str, FLOAT_LAYOUT[f.name])) if f.name in FLOAT_LAYOUT else "entier"
         if f.kind == "float":
-            fine = f"{f.smallest_normal:.4g} | {f.eps:.4g} | {f.decimal_digits:.1f}"
+            fine = (f"{_cell(f.smallest_normal)} | {_cell(f.smallest_subnormal)} | {_cell(f.eps)} "
+                    f"| {nombre(f.decimal_digits, 1)}")
         else:  # integers: every value in range is exact, the step is 1
-            fine = "1 | 1 (exact) | —"
-        lines.append(f"| {f.name} | {f.bits} | {layout} | {f.min:.6g} | {f.max:.6g} | {fine} |")
+            fine = "1 | — | 1 (exact) | —"
+        lines.append(f"| {f.name} | {f.bits} | {layout} | {_cell(f.min)} | {_cell(f.max)} | {fine} |")
     return "\n".join(lines)
 
 
