@@ -92,7 +92,8 @@ def test_time_matmul_rejects_bad_sizes(bad):
 
 @pytest.mark.parametrize("value, text", [(2e9, "2 GFLOPs"), (3.5e14, "350 TFLOPs"), (12, "12 FLOPs"),
                                          (1e15, "1 PFLOPs"), (1e12, "1 TFLOPs"), (1e9, "1 GFLOPs"), (1e6, "1 MFLOPs"),
-                                         (1e3, "1 kFLOPs"), (999.0, "999 FLOPs"), (-2.5e6, "-2.5 MFLOPs")])
+                                         (1e3, "1 kFLOPs"), (999.0, "999 FLOPs"), (-2.5e6, "−2,5 MFLOPs"),
+                                         (1.2345e9, "1,23 GFLOPs"), (8.18e9, "8,18 GFLOPs")])
 def test_human(value, text):
     assert flops.human(value) == text
 

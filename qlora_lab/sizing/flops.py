@@ -264,11 +264,20 @@ def time_matmul(
 
 
 def human(flops: float, unit: str = "FLOPs") -> str:
-    """1.23e12 -> '1.23 T' + unit, so counts and rates print readably."""
+    """1.23e12 -> '1,23 T' + unit: three significant digits, French decimal comma."""
     for prefix, scale in [("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)]:
         if abs(flops) >= scale:
-            return f"{flops / scale:.3g} {prefix}{unit}"
-    return f"{flops:.3g} {unit}"
+            return f"{_three_digits(flops / scale)} {prefix}{unit}"
+    return f"{_three_digits(flops)} {unit}"
+
+
+def _three_digits(x: float) -> str:
+    """Three significant digits without trailing zeros, the French way: 2.5 -> '2,5'."""
+    from qlora_lab.french import nombre
+
+    text = f"{x:.3g}"
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return nombre(float(text), decimals)
 
 
 # --------------------------------------------------------------- context-length study

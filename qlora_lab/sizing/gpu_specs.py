@@ -3,6 +3,8 @@
 Vendors often headline the *with sparsity* figure, which only applies to weights pruned
 to the 2:4 structured-sparsity pattern. Ordinary (dense) matmuls run at half of it: the
 guide's "RTX 4090: FP16 ~660 TFLOPS, INT8 ~1,300 TOPS" quotes the sparse column.
+A tensor-core rate also depends on the accumulator: on GeForce Ada, FP16 and FP8 run at
+half rate when they accumulate in FP32, so the whitepaper lists both accumulations.
 
     from qlora_lab.sizing.gpu_specs import RTX_4090, spec_table
     spec_table(RTX_4090)
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RTX_4090_SOURCE = "NVIDIA Ada GPU Architecture whitepaper (v2.1), appendix A, table 'GeForce RTX 4090'"
+RTX_4090_SOURCE = ("NVIDIA Ada GPU Architecture whitepaper (v2.1), appendix A, table 'GeForce RTX 4090' "
+                   "(FP8 with FP32 accumulate as corrected in v2.02, its footnote 4)")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,20 @@ class GpuSpec:
     name: str
     rows: tuple[PeakThroughput, ...]
     source: str
+    cuda_cores: int = 0  # the chip's counts, to recompute a peak as units × rate × clock
+    tensor_cores: int = 0
+    boost_clock_ghz: float = 0.0
+
+    def ops_per_unit_per_clock(self, precision: str) -> float:
+        """FLOP (or OP) per core per clock implied by a dense peak: peak / (units × clock).
+
+        The FP32 row counts CUDA cores (one FMA = 2 FLOP per clock), the others tensor cores.
+        """
+        row = self.row(precision)
+        units = self.cuda_cores if "CUDA cores" in precision else self.tensor_cores
+        if not units or not self.boost_clock_ghz:
+            raise ValueError(f"{self.name} has no core counts or clock to divide by")
+        return row.dense * 1e12 / (units * self.boost_clock_ghz * 1e9)
 
     def row(self, precision: str) -> PeakThroughput:
         """The row for `precision` (e.g. "INT8 tensor")."""
@@ -51,12 +68,17 @@ RTX_4090 = GpuSpec(
     name="NVIDIA GeForce RTX 4090",
     rows=(
         PeakThroughput("FP32 (CUDA cores)", 82.6, None),
+        PeakThroughput("TF32 tensor", 82.6, 165.2),
         PeakThroughput("FP16/BF16 tensor, FP32 accumulate", 165.2, 330.4),
         PeakThroughput("FP16 tensor, FP16 accumulate", 330.3, 660.6),
-        PeakThroughput("FP8 tensor", 660.6, 1321.2),
+        PeakThroughput("FP8 tensor, FP32 accumulate", 330.3, 660.6),
+        PeakThroughput("FP8 tensor, FP16 accumulate", 660.6, 1321.2),
         PeakThroughput("INT8 tensor", 660.6, 1321.2, unit="TOPS"),
     ),
     source=RTX_4090_SOURCE,
+    cuda_cores=16384,  # appendix A: 128 SMs × 128 CUDA cores
+    tensor_cores=512,  # 4 per SM
+    boost_clock_ghz=2.52,
 )
 
 # What the seed guide claims (003_f7b6e111794e291a.txt, section 2), to compare with the table.
