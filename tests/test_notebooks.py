@@ -46,10 +46,11 @@ def test_there_are_course_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
-    for i, cell in enumerate(load(path)["cells"]):
-        if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs"
-            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
+    code = [(i, cell) for i, cell in enumerate(load(path)["cells"]) if cell["cell_type"] == "code"]
+    assert code, f"{path.name} has no code cell: nothing was checked"
+    for i, cell in code:
+        assert cell.get("outputs") == [], f"{path.name} cell {i} has outputs"
+        assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -64,9 +65,10 @@ def test_ends_with_takeaways_then_exercises(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_pip_install_cells(path):
-    for cell in load(path)["cells"]:
-        if cell["cell_type"] == "code":
-            assert not re.search(r"^\s*[!%]\s*pip\b", source(cell), re.M), path.name
+    code = [source(cell) for cell in load(path)["cells"] if cell["cell_type"] == "code"]
+    assert code, f"{path.name} has no code cell: nothing was checked"
+    for text in code:
+        assert not re.search(r"^\s*[!%]\s*pip\b", text, re.M), path.name
 
 
 @pytest.mark.parametrize("number", range(1, N_ERRATA + 1))

@@ -1,0 +1,156 @@
+"""qlora_lab.sizing.flops against hand computations: closed-form parameter counts, a fake clock,
+one matmul's FLOPs, and the context-length study. tests/test_flops.py compares the formulas with
+FlopCounterMode; these tests pin what it leaves loose (exact counts, defaults, side effects).
+
+transformers and PEFT are imported at module level on purpose: mutmut's fork server preloads
+the test modules, so each mutant's process starts with them instead of importing them again.
+"""
+
+import types
+
+import peft  # noqa: F401  (preloaded for mutmut's fork server, see the docstring)
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from qlora_lab.sizing import flops
+
+
+def tiny_llama(attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, attn_implementation=attn_implementation)
+    return LlamaForCausalLM(config)
+
+
+def test_training_flops_context_terms_default_to_zero():
+    """PaLM's 12·L·H·Q·T vanishes when any of its four factors is left out: 6N only."""
+    n = 7e9
+    assert flops.training_flops_per_token(n) == 6 * n
+    assert flops.training_flops_per_token(n, n_heads=32, head_dim=128, seq_len=2048) == 6 * n  # no layers
+    assert flops.training_flops_per_token(n, n_layer=32, head_dim=128, seq_len=2048) == 6 * n  # no heads
+    assert flops.training_flops_per_token(n, n_layer=32, n_heads=32, seq_len=2048) == 6 * n  # no head size
+    assert flops.training_flops_per_token(n, n_layer=32, n_heads=32, head_dim=128) == 6 * n  # no context
+    assert flops.training_flops_per_token(n, 32, 32, 128, 2048) == 6 * n + 12 * 32 * 32 * 128 * 2048
+
+
+def test_one_matmul_is_2mkn_flops_under_the_mm_op():
+    a, b = torch.ones(3, 5), torch.ones(5, 7)
+    total, per_op = flops.count_flops(lambda: a @ b)
+    assert total == 2 * 3 * 5 * 7 and per_op == {"mm": 2 * 3 * 5 * 7}
+
+
+def test_counting_prints_nothing(capsys):
+    flops.count_flops(lambda: torch.ones(4, 4) @ torch.ones(4, 4))
+    assert capsys.readouterr().out == ""
+
+
+def test_matmul_params_counts_linear_and_conv_weights_only():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 6), torch.nn.Conv1d(6, 3, 2),
+                                torch.nn.Conv2d(3, 5, 3), torch.nn.LayerNorm(5))
+    assert flops.matmul_params(model) == 4 * 6 + 6 * 3 * 2 + 3 * 5 * 3 * 3  # no embedding, bias or norm
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("count", ["forward", "training"])
+def test_counting_leaves_the_model_as_it_found_it(attn_implementation, count):
+    model = tiny_llama(attn_implementation)
+    if count == "forward":
+        flops.decoder_forward_flops(model, 8)
+    else:
+        flops.decoder_training_flops(model, 8)
+    assert model.config._attn_implementation == attn_implementation
+    assert all(p.grad is None for p in model.parameters())  # no gradient memory left behind
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_batch_costs_batch_times_one_sequence(batch):
+    """Every sequence of a batch is computed: the exact formula times the batch."""
+    model = tiny_llama()
+    n, cfg = flops.matmul_params(model), model.config
+    one = flops.exact_decoder_forward_flops(n, cfg.num_hidden_layers, cfg.hidden_size, 8)
+    assert flops.decoder_forward_flops(model, 8, batch=batch) == batch * one
+    per_token = flops.training_flops_per_token(n, cfg.num_hidden_layers, cfg.num_attention_heads,
+                                               cfg.hidden_size // cfg.num_attention_heads, 8)
+    assert flops.decoder_training_flops(model, 8, batch=batch) == pytest.approx(batch * 8 * per_token, rel=1e-9)
+
+
+def test_gpt3_parameter_count_by_hand():
+    """Brown et al. 2020, table 2.1: 96 layers, d = 12288, 96 heads of 128, GPT-2's 50,257 tokens.
+
+    The parameter count from the shape by hand: per layer 4d² (attention) + 3·d·(8d/3) (SwiGLU)
+    + 2d (norms); untied embeddings and lm_head 2·V·d; the final norm d.
+    """
+    d, layers, vocab = 12288, 96, 50257
+    by_hand = layers * (4 * d * d + 3 * d * 32768 + 2 * d) + 2 * vocab * d + d
+    result = flops.gpt3_flops_per_token()
+    assert result["n_params"] == by_hand
+    assert result["formula_2n"] == 2 * (by_hand - vocab * d - (2 * layers + 1) * d)  # lm_head multiplies, embeddings do not
+
+
+def test_resnet50_counts_by_hand():
+    """He et al. 2016 table 1 / torchvision's resnet50: 25,557,032 parameters, 4.09 GMACs at 224².
+
+    Conv MACs by hand: out_channels × in_channels × k² × output pixels, stage by stage.
+    """
+    result = flops.resnet50_flops()
+    assert result["n_params"] == 25_557_032  # torchvision.models.resnet50().parameters(), documented
+    macs = 64 * 3 * 49 * 112**2  # stem 7×7/2, then a 3×3/2 max-pool: 56²
+    in_ch, in_size = 64, 56
+    for width, blocks, size in [(64, 3, 56), (128, 4, 28), (256, 6, 14), (512, 3, 7)]:
+        for i in range(blocks):
+            macs += width * in_ch * in_size**2  # 1×1 reduce, before the stride (v1.5)
+            macs += width * width * 9 * size**2 + 4 * width * width * size**2  # 3×3 (strided), 1×1 expand
+            if i == 0:
+                macs += 4 * width * in_ch * size**2  # projection shortcut, 1×1 strided
+            in_ch, in_size = 4 * width, size
+    macs += 2048 * 1000  # classifier
+    assert result["macs"] == macs and result["flops"] == 2 * macs
+    assert result["per_op"] == {"convolution": 2 * (macs - 2048 * 1000), "addmm": 2 * 2048 * 1000}
+
+
+@pytest.mark.parametrize("m, k, n, dtype, itemsize", [(1, 256, 256, "float32", 4), (8, 16, 32, "bfloat16", 2)])
+def test_arithmetic_intensity_is_flops_over_bytes_moved(m, k, n, dtype, itemsize):
+    timing = flops.MatmulTiming(m, k, n, dtype, "cpu", seconds=0.5)
+    assert timing.flops == 2 * m * k * n and timing.flop_per_s == 4 * m * k * n
+    assert timing.arithmetic_intensity == 2 * m * k * n / (itemsize * (m * k + k * n + m * n))
+
+
+def test_time_matmul_reports_the_median_of_its_repeats(monkeypatch):
+    """A fake clock: the repeats last 5, 1, 3, 9 and 7 s; the median is 5 s."""
+    ticks = iter([0, 5, 10, 11, 20, 23, 30, 39, 40, 47])
+    monkeypatch.setattr(flops, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    timing = flops.time_matmul(4, 3, 2, device="cpu", repeats=5)
+    assert (timing.m, timing.k, timing.n, timing.dtype, timing.device) == (4, 3, 2, "float32", "cpu")
+    assert timing.seconds == 5 and next(ticks, None) is None  # one clock pair per repeat, none for the warm-up
+
+
+def test_time_matmul_defaults_to_a_square_product_on_the_default_device():
+    from qlora_lab.hardware.device import default_device
+
+    timing = flops.time_matmul(3, repeats=1, dtype=torch.bfloat16)
+    assert (timing.k, timing.n, timing.dtype, timing.device) == (3, 3, "bfloat16", default_device().type)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(m=0), "m=0"), (dict(m=2, k=0), "k=0"), (dict(m=2, n=-1), "n=-1"),
+                                        (dict(m=2, repeats=0), "repeats must be >= 1, got 0")])
+def test_time_matmul_names_the_bad_size(bad, match):
+    with pytest.raises(ValueError, match=match):
+        flops.time_matmul(**bad, device="cpu")
+
+
+def test_size_one_matrices_are_allowed():
+    assert flops.time_matmul(1, 1, 1, device="cpu", repeats=1).flops == 2
+
+
+def test_context_length_rows_by_hand():
+    """Per token at T = 4 and 16: measured = 2N + 4·L·T·d (full attention), Kaplan 2N + 2·L·T·d, guide 2·T·d."""
+    model = tiny_llama()
+    n, layers, d = flops.matmul_params(model), 2, 32
+    rows = flops.context_length_rows(model, [4, 16])
+    assert [r["T"] for r in rows] == [4, 16]
+    for r in rows:
+        t = r["T"]
+        assert r["measured"] == r["exact"] == 2 * n + 4 * layers * t * d
+        assert r["kaplan"] == 2 * n + 2 * layers * t * d
+        assert r["guide"] == 2 * t * d
