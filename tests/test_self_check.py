@@ -72,6 +72,7 @@ def test_parts_count_the_right_ones(fake_registry):
     assert half.status == "partiel" and "« b »" in half.message and "« a »" not in half.message
     assert verifier("99.4", {"a": 9.0, "b": 4}).status == "faux"
     assert verifier("99.4", {"a": 2.5, "b": None}).status == "partiel"
+    assert verifier("99.4", {"a": None, "b": None}).status == "vide"
     assert verifier("99.4", [2.5, 3]).status == "faux"
 
 

@@ -173,6 +173,8 @@ def parts(checkers: Mapping[str, Checker]) -> Checker:
         keys = ", ".join(f"« {k} »" for k in checkers)
         if not isinstance(answer, Mapping) or set(answer) != set(checkers):
             return Verdict("faux", f"la réponse attendue est un dictionnaire de clés {keys}.")
+        if all(is_unanswered(v) for v in answer.values()):
+            return Verdict("vide", "remplacez les `None` par vos réponses, puis relancez la cellule.")
         verdicts = {k: (Verdict("vide", "") if is_unanswered(answer[k]) else c(answer[k]))
                     for k, c in checkers.items()}
         wrong = [k for k, v in verdicts.items() if not v.juste]

@@ -44,7 +44,7 @@ def _fp16_cause(faster: bool, flags: Sequence[str]) -> str:
     if faster and "amx_fp16" in flags:
         return "ce processeur a des unités AMX-FP16 (drapeau amx_fp16), qui multiplient des matrices fp16"
     if not faster and "amx_fp16" not in flags:
-        listed = ("; ses instructions vectorielles AVX512-FP16 ne suffisent pas, d'après cette mesure, "
+        listed = (" ; ses instructions vectorielles AVX512-FP16 ne suffisent pas, d'après cette mesure, "
                   "à accélérer ce produit de matrices") if "avx512_fp16" in flags else ""
         return f"ce processeur n'a pas d'unité matricielle fp16 (drapeau amx_fp16 absent{listed})"
     return ""

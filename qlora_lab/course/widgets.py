@@ -1,8 +1,9 @@
 """Interactive explorer for notebook 01: a slider for bits, a slider for block size.
 
-Moving the sliders re-quantizes a weight matrix that holds a few outliers (as real LLM
-weights do, LLM.int8 paper §3) per tensor, per channel and per block, and shows the
-error of each granularity. The computation lives in plain functions
+Moving the sliders re-quantizes a weight matrix that holds a few planted outliers per
+tensor, per channel and per block, and shows the error of each granularity. (In large
+LLMs the big outliers are hidden-state features, i.e. activations, LLM.int8 paper §3-4;
+one absmax scale suffers from them the same way in any tensor.) The computation lives in plain functions
 (`outlier_weights`, `granularity_errors`) so that the tests check numbers, not pixels.
 
     from qlora_lab.course.widgets import quantization_explorer
@@ -24,8 +25,8 @@ def outlier_weights(rows: int = 64, cols: int = 256, n_outliers: int = 8,
                     outlier_scale: float = 25.0, seed: int = 0) -> torch.Tensor:
     """A (rows, cols) Gaussian weight matrix (std 0.02) with `n_outliers` large entries.
 
-    The outliers sit in a few rows, like the outlier features of large language models:
-    one scale per tensor must stretch to reach them and coarsens the grid for everyone.
+    One scale per tensor must stretch to reach the outliers and coarsens the grid for
+    everyone: the effect LLM.int8's activation outlier features have on absmax.
     """
     if rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be >= 1, got rows={rows}, cols={cols}")
