@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from qlora_lab.finetune.config import FinetuneConfig
 from qlora_lab.finetune.evaluation import autocast
 from qlora_lab.hardware.tensor_memory import TensorMemoryReport, TensorMemoryTracker
 
@@ -29,39 +30,50 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, input_i
     optimizer.zero_grad(set_to_none=True)
 
 
+def prime_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's states as its first step would, without a forward/backward pass.
+
+    A step on zero gradients: AdamW makes its two moments (and its step counter) and moves no
+    weight (the update m / (sqrt(v) + eps) is 0; weight decay, if any, shrinks weights a little).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def step_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, input_ids: torch.Tensor,
-                warmup: int = 1) -> TensorMemoryReport:
+                prime: bool = True) -> TensorMemoryReport:
     """Account for every live tensor during one training step on `input_ids` (labels = inputs).
 
-    `warmup` steps run first, unmeasured: AdamW creates its moments during the first step, so
-    only from the second on do they sit in memory through the forward and backward passes.
+    AdamW creates its moments during the first step, so only from the second on do they sit in
+    memory through the forward and backward passes: with `prime`, the states are created first
+    (`prime_optimizer`) and the step measured is a steady one.
     """
     model.train()
-    for _ in range(warmup):
-        train_step(model, optimizer, input_ids)
+    if prime:
+        prime_optimizer(optimizer)
     with TensorMemoryTracker(model, optimizer) as tracker:
         train_step(model, optimizer, input_ids, tracker)
     return tracker.report()
 
 
-def mode_step_memory(model_dir: str, mode: str, seq_len: int = 512, batch: int = 1, lora_r: int = 16,
-                     device: torch.device | str = "cpu", seed: int = 0) -> TensorMemoryReport:
-    """One training step of the package's own fine-tune setup for `mode`, accounted for.
+def config_step_memory(config: FinetuneConfig, device: torch.device | str = "cpu") -> TensorMemoryReport:
+    """One training step of the fine-tune `config` describes (its mode, model, LoRA settings,
+    checkpointing, batch_size x seq_len), accounted for on random token ids.
 
-    The model is loaded and made trainable exactly as `qlora-lab finetune` does (NF4 + DQ base
-    for qlora, bf16 base for lora, fp32 for full; all linear layers adapted, r = `lora_r`,
-    alpha = 2r, gradient checkpointing), on random token ids.
+    The model is loaded and made trainable exactly as `qlora-lab finetune` does: NF4 + DQ base
+    for qlora (PEFT upcasts the unquantized weights to fp32), bf16 base for lora, fp32 for full.
     """
-    from qlora_lab.finetune.config import FinetuneConfig
     from qlora_lab.finetune.prepare import load_for_mode, make_optimizer, make_trainable, seed_everything
 
     device = torch.device(device)
-    config = FinetuneConfig(mode=mode, model=str(model_dir), lora_r=lora_r, lora_alpha=2 * lora_r,
-                            gradient_checkpointing=True, seq_len=seq_len, batch_size=batch, seed=seed)
-    seed_everything(seed)
+    seed_everything(config.seed)
     model, _ = load_for_mode(config, device)
     model.config.use_cache = False
     model = make_trainable(model, config, sharded=False)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config, device)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    shape = (config.batch_size, config.seq_len)
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=torch.Generator().manual_seed(config.seed))
     return step_memory(model, optimizer, ids.to(device))
