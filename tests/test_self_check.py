@@ -1,5 +1,6 @@
 """Self-check of the exercises: right, almost, wrong and unanswered, never giving the answer away."""
 
+import json
 import math
 import re
 
@@ -9,6 +10,7 @@ import torch
 from qlora_lab.course import self_check
 from qlora_lab.course.self_check import Verdict, choice, exact, numeric, parts, verifier
 from qlora_lab.french import nombre
+from qlora_lab.paths import REPO_DIR
 
 
 def _revealed(verdict: Verdict, expected: float) -> bool:
@@ -141,3 +143,26 @@ def test_chapter_02_and_03_cheap_checkers():
     levels = symmetric.unique()  # 256 entries, zeros as padding
     assert verifier("03.1", {"niveaux": levels.numel(), "positifs": int((levels > 0).sum())}).juste
     assert verifier("03.1", {"niveaux": 16, "positifs": 8}).status == "faux"
+
+
+NOTEBOOKS = sorted((REPO_DIR / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CALL = re.compile(r'verifier\("(\d\d\.\d+)", reponse(, solution=True)?\)')
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_exercises_follow_the_convention(path):
+    """Student cell (reponse = None) then a hidden solution cell that the self-check must accept."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    student, solution = {}, {}
+    for i, cell in enumerate(cells):
+        for match in CALL.finditer("".join(cell["source"])):
+            (solution if match.group(2) else student)[match.group(1)] = i
+    assert set(student) == set(solution), f"{path.name}: exercises without both cells"
+    assert set(student) <= set(self_check.registry()), f"{path.name}: unregistered exercises"
+    for exercise, i in solution.items():
+        assert exercise.startswith(path.name[:2] + "."), f"{path.name}: exercise {exercise}"
+        meta = cells[i]["metadata"]
+        assert "hide-input" in meta.get("tags", []) and meta.get("jupyter", {}).get("source_hidden") is True
+        assert student[exercise] < i
+        assert "reponse = None" in "".join(cells[student[exercise]]["source"]) or \
+            "None}" in "".join(cells[student[exercise]]["source"])
