@@ -4,6 +4,7 @@
     qlora-lab pretrain --help         # (re)train the embedded mini CodeLlama
     qlora-lab finetune --mode qlora   # a real QLoRA fine-tune
     qlora-lab eval | generate | compare
+    qlora-lab export --adapter DIR --gguf OUT.gguf   # merged model for llama.cpp
 
 Each sub-command lives in its own module of this package, which provides
 ``configure_parser(parser: argparse.ArgumentParser) -> None`` and
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("qlora_lab.cli.eval", "validation loss of a model, with or without an adapter"),
     "generate": ("qlora_lab.cli.generate", "generate text, with or without an adapter"),
     "compare": ("qlora_lab.cli.compare", "full vs LoRA vs QLoRA on the same data: memory, speed, loss"),
+    "export": ("qlora_lab.cli.export", "merge an adapter and write a GGUF file (q4_0, q8_0) for llama.cpp"),
 }
 
 
