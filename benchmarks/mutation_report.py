@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/mutation_report.py
 
 Reads mutants/**/*.py.meta (mutmut 3's exit codes per mutant) and writes
-benchmarks/results/mutation_report.{md,json}. A surviving mutant is either listed in
+benchmarks/results/mutation_report.{md,json}. A module with no verdict in mutants/ (not run in
+this session) keeps its counts from the previous report, marked with that report's date. A
+module run on a random sample (benchmarks/mutation_sample.py) says so, with its seed and size. A surviving mutant is either listed in
 EQUIVALENT below, with why no test can tell it from the original, or shown as a gap to close.
 Score = killed / (killed + surviving non-equivalent); mutants in functions that no selected
 test reaches ("no tests") and unchecked ones are counted apart, never as killed.
@@ -22,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
 OUT = ROOT / "benchmarks" / "results"
-MODULES = ("quant/absmax.py", "quant/nf4.py", "quant/codes.py", "quant/double_quant.py", "finetune/lora.py",
-           "finetune/evaluation.py", "sizing/flops.py", "sizing/memory.py")
+MODULES = ("quant/absmax.py", "quant/nf4.py", "quant/codes.py", "quant/double_quant.py", "quant/gptq.py",
+           "finetune/lora.py", "finetune/evaluation.py", "sizing/flops.py", "sizing/memory.py")
+SAMPLES_FILE = OUT / "mutation_sample.json"  # written by benchmarks/mutation_sample.py
 # mutmut 3's exit codes (mutmut.stats.status_by_exit_code); timeouts and crashes count as detected.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
@@ -45,14 +48,39 @@ def mutant_diff(name: str) -> str:
     return "\n".join(lines) or out.strip()
 
 
-def collect() -> dict[str, dict]:
+def previous_report() -> dict:
+    """The committed report, read before it is overwritten (for modules not rerun now)."""
+    path = OUT / "mutation_report.json"
+    return json.loads(path.read_text()) if path.exists() else {"modules": {}, "diffs": {}}
+
+
+def carried_over(entry: dict, date: str) -> dict:
+    """A module's previous counts, its survivors re-split with today's EQUIVALENT list."""
+    entry = dict(entry, carried_over_from=entry.get("carried_over_from", date))
+    survivors = sorted(entry["surviving_gaps"] + list(entry["equivalent_mutants"]))
+    equivalent = [n for n in survivors if n in EQUIVALENT]
+    gaps = [n for n in survivors if n not in EQUIVALENT]
+    considered = entry["killed"] + len(gaps)
+    entry.update(equivalent=len(equivalent), not_killed_non_equivalent=len(gaps), surviving_gaps=gaps,
+                 of_which_cuda_only=sum("tests/test_gpu.py" in EQUIVALENT[n] for n in equivalent),
+                 equivalent_mutants={n: EQUIVALENT[n] for n in equivalent},
+                 score=round(entry["killed"] / considered, 4) if considered else None)
+    return entry
+
+
+def collect(previous: dict) -> dict[str, dict]:
     modules = {}
+    samples = json.loads(SAMPLES_FILE.read_text()) if SAMPLES_FILE.exists() else {}
     for relative in MODULES:
         meta_path = MUTANTS / "qlora_lab" / (relative + ".meta")
-        if not meta_path.exists():
+        codes = json.loads(meta_path.read_text())["exit_code_by_key"] if meta_path.exists() else {}
+        before = previous["modules"].get(relative, {})
+        if not any(c is not None for c in codes.values()) and before.get("run"):
+            modules[relative] = carried_over(before, previous["date"])
+            continue
+        if not codes:
             modules[relative] = {"total": 0, "run": False}
             continue
-        codes = json.loads(meta_path.read_text())["exit_code_by_key"]
         statuses = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
         counts = Counter(statuses.values())
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
@@ -72,6 +100,8 @@ def collect() -> dict[str, dict]:
             "no_test_functions": sorted(Counter(n.rsplit("__mutmut_", 1)[0] for n, s in statuses.items()
                                                 if s == "no tests").items()),
         }
+        if relative in samples:
+            modules[relative]["sample"] = {k: v for k, v in samples[relative].items() if k != "names"}
     return modules
 
 
@@ -84,6 +114,7 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
              "no selected fast test calls (plotting helpers); *not checked*: not run in this session. "
              "*Equivalent* includes *CUDA-only* mutants: the same on a CPU, caught by tests/test_gpu.py on a GPU "
              "(not run here: no GPU).", "",
+             *notes(modules),
              "| module | mutants | killed | survived | equivalent (CUDA-only) | gaps | no tests | not checked | score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for relative, m in modules.items():
@@ -91,7 +122,9 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
             lines.append(f"| {relative} | – | – | – | – | – | – | – | not run |")
             continue
         score = "–" if m["score"] is None else f"{100 * m['score']:.1f} %"
-        lines.append(f"| {relative} | {m['total']} | {m['killed']} | {m['survived']} | "
+        label = (relative + (" (earlier run)" if m.get("carried_over_from") else "")
+                 + (" (sample)" if m.get("sample") else ""))
+        lines.append(f"| {label} | {m['total']} | {m['killed']} | {m['survived']} | "
                      f"{m['equivalent']} ({m['of_which_cuda_only']}) | "
                      f"{m['not_killed_non_equivalent']} | {m['no_tests']} | {m['not_checked']} | {score} |")
     for relative, m in modules.items():
@@ -112,6 +145,25 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notes(modules: dict[str, dict]) -> list[str]:
+    """What was not run in this session: modules carried over, modules run on a sample."""
+    lines = []
+    for relative, m in modules.items():
+        if m.get("carried_over_from"):
+            lines.append(f"- {relative}: not rerun in this session; counts from the run of {m['carried_over_from']} "
+                         "(survivors re-split with today's list of equivalent mutants).")
+        if m.get("sample"):
+            s = m["sample"]
+            lines.append(f"- {relative}: a random sample of {s['size']} of its {s['population']} mutants "
+                         f"(`random.Random({s['seed']}).sample`, benchmarks/mutation_sample.py) was run"
+                         + (f", plus every mutant of {', '.join(f'`{f}`' for f in s['always_added'])}"
+                            if s.get("always_added") else "")
+                         + "; the others are *not checked*, so its score is an estimate from the sample.")
+        if not m.get("run"):
+            lines.append(f"- {relative}: not run.")
+    return [*lines, ""] if lines else []
+
+
 def mutmut_version() -> str:
     from importlib.metadata import version
 
@@ -119,9 +171,14 @@ def mutmut_version() -> str:
 
 
 def main() -> None:
-    modules = collect()
+    previous = previous_report()
+    modules = collect(previous)
     names = [n for m in modules.values() if m.get("run") for n in m["surviving_gaps"] + list(m["equivalent_mutants"])]
-    diffs = {name: mutant_diff(name) for name in names}
+    carried = tuple("qlora_lab." + r.removesuffix(".py").replace("/", ".") + "."
+                    for r, m in modules.items() if m.get("carried_over_from"))
+    # a carried-over module's mutants may not match today's source: keep the diffs shown then
+    diffs = {name: previous["diffs"][name] if name.startswith(carried) and name in previous["diffs"]
+             else mutant_diff(name) for name in names}
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"tool": f"mutmut {mutmut_version()}", "modules": modules,
               "diffs": diffs, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -74,11 +74,19 @@ def test_levels_two_and_a_half_cells_apart_still_take_the_grid_path(no_binary_se
     assert torch.equal(nearest_code(values, code), argmin_code(values, code))
 
 
-def test_levels_closer_than_the_grid_fall_back_to_the_binary_search():
+def test_levels_closer_than_the_grid_fall_back_to_the_binary_search(monkeypatch):
     code = codebook("nf4").clone()
-    code[9] = code[8] + 1e-4  # 0.0 and 0.0001: both midpoints near 0 share a grid cell
+    code[9], code[10] = 1e-4, 2e-4  # 0, 0.0001, 0.0002: two midpoints in one grid cell of width 2/4096
     values = torch.cat([random_values(20_000, seed=5), 3e-4 * random_values(2000, seed=8)])
+    calls = []
+
+    def spy(scaled, table):
+        calls.append(scaled.numel())
+        return nearest_code_bucketize(scaled, table)
+
+    monkeypatch.setattr(codes_module, "nearest_code_bucketize", spy)
     assert torch.equal(nearest_code(values, code), argmin_code(values, code))
+    assert calls == [values.numel()]  # the binary search answered, once, for every value
 
 
 def test_a_descending_table_maps_sorted_positions_back_to_stored_codes():

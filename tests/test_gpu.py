@@ -91,9 +91,9 @@ def test_nf4_with_double_quant_dequantizes_like_the_cuda_kernel(cuda, bnb_functi
 
 
 def test_nearest_code_with_levels_closer_than_its_grid_on_cuda(cuda):
-    """The binary-search fallback on the GPU: a CPU table, CUDA values, the same codes as on the CPU."""
+    """The binary-search fallback on the GPU: a CPU table, CUDA values, the codes of argmin."""
     code = codebook("nf4").clone()
-    code[9] = code[8] + 1e-4  # two midpoints in one grid cell: nearest_code falls back to bucketize
+    code[9], code[10] = 1e-4, 2e-4  # two midpoints in one grid cell: nearest_code falls back to bucketize
     values = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) * 2 - 1
     found = nearest_code(values.to(cuda), code)
     assert found.is_cuda
