@@ -25,6 +25,12 @@ SCHEDULES = ("cosine", "linear", "constant")
 QUANT_TYPES = ("nf4", "fp4")
 QUANT_STORAGE = ("uint8", "bf16", "fp16", "fp32")  # torch dtypes in qlora_lab.finetune.prepare
 DEFAULT_TIMEOUT_S = 600  # a collective waiting longer than this means another process is stuck
+# A data source's own settings (chapter 8's run for 'functions'), used where the user sets
+# nothing else: `FinetuneConfig.for_data(data)` and `qlora-lab finetune --data NAME`.
+DATA_RECIPES: dict[str, dict] = {
+    "functions": {"max_steps": 300, "batch_size": 16, "seq_len": 96, "learning_rate": 3e-3, "lora_r": 16,
+                  "lora_alpha": 32, "warmup_steps": 10, "eval_every": 25, "save_every": 100},
+}
 
 
 def _help(text: str, **metadata) -> dict:
@@ -127,6 +133,11 @@ class FinetuneConfig:
             (bool(self.output_dir), "output_dir is empty"),
         ]
         return [message for ok, message in checks if not ok]
+
+    @classmethod
+    def for_data(cls, data: str, **changes) -> FinetuneConfig:
+        """A config for `data`: its recipe (DATA_RECIPES, if any), then `changes` on top."""
+        return cls(data=data, **(DATA_RECIPES.get(data, {}) | changes))
 
     # --- command line -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Fine-tuning data: the held-out stdlib package, instruction pairs, or the user's JSONL.
+"""Fine-tuning data: the held-out stdlib package, instruction pairs, generated functions, or the user's JSONL.
 
 Every source becomes a list of `Example`s (token ids + labels). Labels equal the ids,
 except where the loss must not look: prompt tokens and padding get -100, the value
@@ -18,9 +18,12 @@ from pathlib import Path
 
 import torch
 
+from qlora_lab.finetune.functions_tasks import make_problems
+
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss(ignore_index=-100)
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
-DATA_SOURCES = ("domain", "instructions")  # or a path to a .jsonl file
+DATA_SOURCES = ("domain", "instructions", "functions")  # or a path to a .jsonl file
+FUNCTIONS_TRAIN, FUNCTIONS_VAL = 4000, 64  # problems of qlora_lab.finetune.functions_tasks
 MIN_BODY_LINES = 2  # skip one-line functions: nothing to learn from `pass`
 
 
@@ -87,14 +90,30 @@ def instruction_pairs(split: str) -> list[dict[str, str]]:
 
 def encode_pair(tokenizer, instruction: str, response: str, seq_len: int) -> Example:
     """<s> prompt response </s>, truncated to seq_len; prompt tokens get label -100."""
-    prompt = tokenizer(PROMPT_TEMPLATE.format(instruction=instruction), add_special_tokens=True)["input_ids"]
+    return encode_completion(tokenizer, PROMPT_TEMPLATE.format(instruction=instruction), response, seq_len)
+
+
+def encode_completion(tokenizer, prompt_text: str, response: str, seq_len: int) -> Example:
+    """<s> prompt_text response </s>, truncated to seq_len; the loss looks only at response and </s>.
+
+    Prompt and response are tokenized apart, as generation sees them: the prompt alone,
+    then the tokens the model writes.
+    """
+    prompt = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
     answer = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt + answer)[:seq_len]
     labels = ([IGNORE_INDEX] * len(prompt) + answer)[:seq_len]
     return Example(ids, labels)
 
 
-# --- (3) the user's own JSONL ---------------------------------------------------------------
+# --- (3) the skill benchmark: generated functions, signature + docstring -> body ---------------
+
+def function_examples(tokenizer, split: str, n: int, seq_len: int, seed: int = 0) -> list[Example]:
+    """Problems of `qlora_lab.finetune.functions_tasks`: the prompt as it is, the reference body to learn."""
+    return [encode_completion(tokenizer, p.prompt, p.solution, seq_len) for p in make_problems(split, n, seed)]
+
+
+# --- (4) the user's own JSONL ---------------------------------------------------------------
 
 def load_jsonl(path: str | Path) -> list[dict[str, str]]:
     """Records `{"instruction", "response"}` or `{"text"}`, one JSON object per line.
@@ -177,7 +196,7 @@ def check_source(source: str) -> None:
 
 
 def build_examples(source: str, tokenizer, seq_len: int) -> tuple[list[Example], list[Example]]:
-    """(train, validation) examples for 'domain', 'instructions' or a JSONL path.
+    """(train, validation) examples for 'domain', 'instructions', 'functions' or a JSONL path.
 
     Raises:
         DataError: the source gives no usable example.
@@ -187,6 +206,9 @@ def build_examples(source: str, tokenizer, seq_len: int) -> tuple[list[Example],
     elif source == "instructions":
         train = [encode_pair(tokenizer, p["instruction"], p["response"], seq_len) for p in instruction_pairs("domain_train")]
         val = [encode_pair(tokenizer, p["instruction"], p["response"], seq_len) for p in instruction_pairs("domain_validation")]
+    elif source == "functions":  # validation: held-out problems (seed 1), not those pass@1 scores (seed 0)
+        train = function_examples(tokenizer, "train", FUNCTIONS_TRAIN, seq_len)
+        val = function_examples(tokenizer, "heldout", FUNCTIONS_VAL, seq_len, seed=1)
     elif source.endswith(".jsonl") or Path(source).exists():
         train, val = split_holdout(jsonl_examples(tokenizer, load_jsonl(source), seq_len))
     else:
