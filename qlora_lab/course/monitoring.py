@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qlora_lab.french import nombre, scientifique
 from qlora_lab.hardware.measured_memory import current_memory_mb
 
 
@@ -80,12 +81,12 @@ class TrainingMonitor:
         best = math.inf
         for r in self.records:
             if not math.isfinite(r.loss):
-                problems.append(f"pas {r.step} : perte non finie ({r.loss})")
+                problems.append(f"pas {r.step} : perte non finie ({'NaN' if math.isnan(r.loss) else nombre(r.loss)})")
                 continue
             if best < math.inf and r.loss > self.spike_factor * best:
-                problems.append(f"pas {r.step} : la perte ({r.loss:.3g}) dépasse {self.spike_factor:g}× la meilleure ({best:.3g})")
+                problems.append(f"pas {r.step} : la perte ({nombre(r.loss)}) dépasse {nombre(self.spike_factor)} × la meilleure ({nombre(best)})")
             if r.grad_norm > self.max_grad_norm:
-                problems.append(f"pas {r.step} : norme du gradient {r.grad_norm:.3g} > {self.max_grad_norm:g}")
+                problems.append(f"pas {r.step} : norme du gradient {scientifique(r.grad_norm)} > {nombre(self.max_grad_norm)}")
             best = min(best, r.loss)
         return problems
 

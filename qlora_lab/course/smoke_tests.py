@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from qlora_lab.french import nombre, pourcentage, scientifique
+
 
 @dataclass
 class CheckResult:
@@ -45,7 +47,7 @@ def check_loss_is_sane(model: nn.Module, batch: torch.Tensor) -> CheckResult:
         loss = model(input_ids=batch, labels=batch).loss.item()
     uniform = math.log(model.config.vocab_size)
     return CheckResult("perte finie et meilleure que le hasard", math.isfinite(loss) and loss < 0.9 * uniform,
-                       f"perte {loss:.3f} (hasard : ln(V) = {uniform:.3f})")
+                       f"perte {nombre(loss, 3)} (hasard : ln(V) = {nombre(uniform, 3)})")
 
 
 def check_overfits_one_batch(model: nn.Module, batch: torch.Tensor, steps: int = 8, lr: float = 1e-2,
@@ -69,7 +71,7 @@ def check_overfits_one_batch(model: nn.Module, batch: torch.Tensor, steps: int =
         losses.append(loss.item())
     model.eval()
     drop = 1 - losses[-1] / losses[0]
-    return CheckResult("surapprend un batch", drop >= min_drop, f"perte {losses[0]:.3f} → {losses[-1]:.3f} (-{100 * drop:.0f} %)")
+    return CheckResult("surapprend un batch", drop >= min_drop, f"perte {nombre(losses[0], 3)} → {nombre(losses[-1], 3)} (−{pourcentage(drop, 0)})")
 
 
 def check_adapter_round_trip(model: nn.Module, batch: torch.Tensor, load_base: Callable[[], nn.Module]) -> CheckResult:
@@ -84,7 +86,7 @@ def check_adapter_round_trip(model: nn.Module, batch: torch.Tensor, load_base: C
         with torch.no_grad():
             got = reloaded(input_ids=batch).logits.float()
     diff = (got - expected).abs().max().item()
-    return CheckResult("l'adaptateur sauvegardé se recharge à l'identique", diff < 1e-3, f"écart max des logits {diff:.2e}")
+    return CheckResult("l'adaptateur sauvegardé se recharge à l'identique", diff < 1e-3, f"écart max des logits {scientifique(diff)}")
 
 
 def run_ladder(checks: list[Callable[[], CheckResult]]) -> list[CheckResult]:
