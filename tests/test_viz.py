@@ -95,3 +95,18 @@ def test_live_loss_plot_is_a_finetune_callback_that_draws_every_row_so_far():
     assert list(val.get_xdata()) == [2] and list(val.get_ydata()) == [3.9]
     assert [t.get_text() for t in plot.ax.get_legend().get_texts()] == ["entraînement", "validation"]
     assert plot.ax.get_xlabel() == "pas"
+
+
+def test_live_loss_plot_smooths_with_a_bias_corrected_average_and_redraws_every_n_steps():
+    # by hand, smoothing 0.5: 4.0; (0.25*4 + 0.5*2) / 0.75 = 8/3; (0.125*4 + 0.25*2 + 0.5*3.5) / 0.875 = 22/7
+    assert viz.ema([4.0, 2.0, 3.5], 0.5) == pytest.approx([4.0, 8 / 3, 22 / 7])
+    plot = viz.LiveLossPlot(smoothing=0.5, redraw_every=3)
+    plot({"step": 1, "loss": 4.0})
+    plot({"step": 2, "loss": 2.0})
+    assert plot.ax.get_lines() == []  # not redrawn yet
+    plot({"step": 3, "loss": 3.5})
+    raw, smooth = plot.ax.get_lines()
+    assert list(raw.get_ydata()) == [4.0, 2.0, 3.5]
+    assert list(smooth.get_ydata()) == pytest.approx([4.0, 8 / 3, 22 / 7])
+    with pytest.raises(ValueError, match="smoothing=1"):
+        viz.LiveLossPlot(smoothing=1)

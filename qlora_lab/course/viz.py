@@ -201,27 +201,41 @@ class LiveLossPlot:
     """The loss curve, redrawn in place while training runs: a callback of `finetune`.
 
         finetune(config, callbacks=[LiveLossPlot()])
+        finetune(config, callbacks=[LiveLossPlot(smoothing=0.9, redraw_every=10)])
 
     Each call gets one metrics row; `update(rows)` redraws from a whole list of rows.
+    A batch's loss follows how hard its examples are: `smoothing` (0 = off) adds an
+    exponential moving average, the trend, over the faint raw curve. `redraw_every`
+    redraws every N steps (and at each validation point), as a redraw costs ~0.1 s.
     """
 
-    def __init__(self, title: str = "Perte d'entraînement") -> None:
+    def __init__(self, title: str = "Perte d'entraînement", smoothing: float = 0.0, redraw_every: int = 1) -> None:
         import matplotlib.pyplot as plt
         from IPython.display import display
 
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"smoothing={smoothing} must be in [0, 1)")
+        if redraw_every < 1:
+            raise ValueError(f"redraw_every={redraw_every} must be at least 1")
         self.fig, self.ax = plt.subplots(figsize=(6, 3.2))
-        self.title = title
+        self.title, self.smoothing, self.redraw_every = title, smoothing, redraw_every
         plt.close(self.fig)  # shown through the display handle only
         self.handle = display(self.fig, display_id=True)
         self.rows: list[dict] = []
 
     def __call__(self, row: dict) -> None:
         self.rows.append(row)
-        self.update(self.rows)
+        if len(self.rows) % self.redraw_every == 0 or "val_loss" in row:
+            self.update(self.rows)
 
     def update(self, rows: list[dict]) -> None:
         self.ax.clear()
-        self.ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="entraînement")
+        steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+        if self.smoothing:
+            self.ax.plot(steps, losses, color="tab:blue", alpha=0.3, label="entraînement (par lot)")
+            self.ax.plot(steps, ema(losses, self.smoothing), color="tab:blue", label="entraînement (lissée)")
+        else:
+            self.ax.plot(steps, losses, label="entraînement")
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if val:
             self.ax.plot(*zip(*val), "o-", label="validation")
@@ -230,3 +244,12 @@ class LiveLossPlot:
         self.fig.tight_layout()
         if self.handle is not None:
             self.handle.update(self.fig)
+
+
+def ema(values: list[float], smoothing: float) -> list[float]:
+    """Exponential moving average, bias-corrected as Adam's moments (so the first value is kept)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = smoothing * average + (1 - smoothing) * value
+        out.append(average / (1 - smoothing**i))
+    return out
