@@ -7,7 +7,9 @@ import argparse
 from qlora_lab.model.models import QUANTIZATIONS
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, quantizations: tuple[str, ...] = QUANTIZATIONS,
+                      default: str = "nf4") -> None:
+    """--model, --adapter, --quantization; `eval` widens the choices to every format of the quality table."""
     parser.add_argument("--model", default=None, help="model dir or hub id (default: embedded model)")
     parser.add_argument("--adapter", default=None, help="PEFT adapter directory")
-    parser.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS)
+    parser.add_argument("--quantization", default=default, choices=quantizations)
