@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/quality_table.py                 # every format, prints the table
     .venv/bin/python benchmarks/quality_table.py --save          # also writes benchmarks/results/quality_table_cpu.json
     .venv/bin/python benchmarks/quality_table.py --formats none nf4 gptq4
+    .venv/bin/python benchmarks/quality_table.py --formats int4-absmax --save --merge   # add/replace rows
+
+A few cheap rows are also scored on the first validation file alone (`live_rows`): chapter 11
+recomputes exactly those live and checks it finds the same numbers.
 
 Each row loads the model in one format (`qlora_lab.model.quantized.load_quantized`: the
 calibrated ones run GPTQ or AWQ on 32 windows of 256 tokens of stdlib training files) and
@@ -28,6 +32,8 @@ from qlora_lab.model.validation import evaluate_split
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
 
 OUTPUT = "quality_table_cpu.json"
+LIVE_FORMATS = ("none", "int4", "nf4")  # recomputed by the notebook on one file
+LIVE_MAX_FILES = 1
 
 
 def row(name: str, max_files: int, seq_len: int) -> dict:
@@ -46,13 +52,19 @@ def row(name: str, max_files: int, seq_len: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
-    parser.add_argument("--max-files", type=int, default=4)
+    parser.add_argument("--max-files", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--save", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="keep the saved file's other rows (same settings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    path = BENCHMARK_RESULTS_DIR / OUTPUT
+    saved = json.loads(path.read_text()) if args.merge else None
+    if saved and (saved["settings"]["max_files"], saved["settings"]["seq_len"]) != (args.max_files, args.seq_len):
+        raise SystemExit(f"--merge: {path} was measured with other settings: {saved['settings']}")
+    live_rows = saved["live_rows"] if saved else [row(name, LIVE_MAX_FILES, args.seq_len) for name in LIVE_FORMATS]
+    rows = [r for r in saved["rows"] if r["format"] not in args.formats] if saved else []
     for name in args.formats:
         rows.append(row(name, args.max_files, args.seq_len))
         r = rows[-1]
@@ -61,10 +73,11 @@ def main() -> None:
         if args.save:  # after every row: a long run interrupted keeps what it measured
             environment = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": args.threads,
                            "libraries": library_versions()}
-            settings = {"split": "validation", "max_files": args.max_files, "seq_len": args.seq_len}
-            path = BENCHMARK_RESULTS_DIR / OUTPUT
-            path.write_text(json.dumps({"settings": settings, "environment": environment, "rows": rows},
-                                       indent=2) + "\n")
+            settings = {"split": "validation", "max_files": args.max_files, "seq_len": args.seq_len,
+                        "live_max_files": LIVE_MAX_FILES}
+            rows.sort(key=lambda r: list(FORMATS).index(r["format"]))
+            path.write_text(json.dumps({"settings": settings, "environment": environment, "rows": rows,
+                                        "live_rows": live_rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

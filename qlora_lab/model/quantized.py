@@ -10,8 +10,9 @@ Three kinds of format:
 * **fake quantization**: each Linear weight of the decoder layers is replaced by its
   quantized-then-dequantized copy (stored in bf16), which is exactly what the matmul of a
   weight-only quantized model computes, up to bf16 rounding of the grid points:
-  ``int8`` (absmax per output channel), ``intN`` (round-to-nearest, asymmetric min/max per
-  group of 64, GPTQ's grid), ``hqqN`` (the `hqq` package, no calibration),
+  ``int8`` (absmax per output channel), ``int4-absmax`` (symmetric absmax by blocks of 64, the
+  Int4 of QLoRA's Table 2), ``intN`` (round-to-nearest, asymmetric min/max per group of 64,
+  GPTQ's grid), ``hqqN`` (the `hqq` package, no calibration),
 * **calibrated fake quantization**: ``gptqN`` and ``awqN``, layer by layer on stdlib text
   (:mod:`qlora_lab.model.calibration`).
 
@@ -33,6 +34,7 @@ from qlora_lab.quant.absmax import fake_quantize
 from qlora_lab.quant.awq import awq_quantize
 from qlora_lab.quant.gptq import gptq_quantize, rtn_quantize
 from qlora_lab.quant.llm_int8 import THRESHOLD, to_linear8bitlt
+from qlora_lab.quant.nf4 import dequantize_4bit, quantize_4bit
 
 GROUP_SIZE = 64  # QLoRA's blocksize; also the group of every integer format here
 
@@ -60,7 +62,8 @@ FORMATS: dict[str, QuantFormat] = dict([
     _format("nf4", "bnb", 4.5, "NF4, blocks of 64 (bitsandbytes)"),
     _format("nf4-dq", "bnb", 4.127, "NF4 + double quantization (QLoRA, bitsandbytes)"),
     _format("fp4", "bnb", 4.5, "FP4, blocks of 64 (bitsandbytes)"),
-    *[_format(f"int{b}", "weights", b + 0.5, f"INT{b} round-to-nearest, groups of 64") for b in (4, 3, 2)],
+    _format("int4-absmax", "weights", 4.5, "INT4 absmax (symmetric, 15 levels), blocks of 64: QLoRA Table 2's Int4"),
+    *[_format(f"int{b}", "weights", b + 0.5, f"INT{b} round-to-nearest, min/max grid, groups of 64") for b in (4, 3, 2)],
     *[_format(f"gptq{b}", "calibrated", b + 0.5, f"GPTQ {b} bits, groups of 64") for b in (4, 3, 2)],
     *[_format(f"awq{b}", "calibrated", b + 0.5, f"AWQ scaling + RTN {b} bits, groups of 64") for b in (4, 3)],
     *[_format(f"hqq{b}", "weights", b + 0.5, f"HQQ {b} bits, groups of 64 (hqq package)") for b in (4, 3, 2)],
@@ -77,9 +80,16 @@ def hqq_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = GROUP_SI
     return Quantizer.dequantize(codes, meta).reshape(w.shape).to(weight.dtype)
 
 
+def int4_absmax_quantize(weight: torch.Tensor, blocksize: int = GROUP_SIZE) -> torch.Tensor:
+    """Symmetric absmax INT4 by blocks, the codebook way of NF4 and FP4 (`qlora_lab.quant.nf4`)."""
+    return dequantize_4bit(*quantize_4bit(weight, quant_type="int4", blocksize=blocksize, double_quant=False))
+
+
 def weight_quantizer(name: str):
     """The function (weight) -> dequantized weight of a "weights" format."""
     bits = int(name[-1]) if name[-1].isdigit() else 8
+    if name == "int4-absmax":
+        return int4_absmax_quantize
     if name == "int8":
         return functools.partial(fake_quantize, bits=8, granularity="channel")
     if name.startswith("int"):
