@@ -31,8 +31,9 @@ class FunctionResult:
     """One problem's completion (the body the model wrote) and how its tests went."""
 
     problem: Problem
-    completion: str
+    completion: str  # the body, cut where the function ends
     outcome: Outcome
+    raw: str = ""  # everything the model generated, before the cut
 
     @property
     def passed(self) -> bool:
@@ -87,7 +88,7 @@ def _left_padding(tokenizer):
 
 
 def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
-    """Greedy completions of a batch of prompts (left-padded), cut at the end of the function."""
+    """Greedy continuations of a batch of prompts (left-padded), as generated (see `cut_completion`)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
@@ -99,8 +100,7 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int = DEFAULT
                                  top_p=None, top_k=None, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
     finally:
         model.train(was_training)
-    texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [cut_completion(t) for t in texts]
+    return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def score_functions(model, tokenizer, problems: list[Problem], batch_size: int = 16,
@@ -120,10 +120,11 @@ def score_functions(model, tokenizer, problems: list[Problem], batch_size: int =
     with ThreadPoolExecutor(RUNNERS) as pool, bar:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
-            completions = complete(model, tokenizer, [p.prompt for p in batch], max_new_tokens)
+            raws = complete(model, tokenizer, [p.prompt for p in batch], max_new_tokens)
+            completions = [cut_completion(raw) for raw in raws]
             outcomes = pool.map(lambda pc: run_candidate(pc[0].prompt + pc[1], pc[0].tests, timeout_s),
                                 zip(batch, completions))
-            for problem, completion, outcome in zip(batch, completions, outcomes):
-                results.append(FunctionResult(problem, completion, outcome))
+            for problem, completion, outcome, raw in zip(batch, completions, outcomes, raws):
+                results.append(FunctionResult(problem, completion, outcome, raw))
                 bar.update(1)
     return FunctionsScore(passed=sum(r.passed for r in results), total=len(results), results=results)
