@@ -145,13 +145,26 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def source_changes_since(relative: str, date: str) -> str:
+    """Commits touching qlora_lab/<relative> after `date`, and uncommitted edits: '' if none."""
+    path = f"qlora_lab/{relative}"
+    commits = subprocess.run(["git", "log", f"--since={date}", "--format=%h", "--", path], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split()
+    edited = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path], cwd=ROOT).returncode != 0
+    parts = ([f"commits {', '.join(commits)}"] if commits else []) + (["uncommitted edits"] if edited else [])
+    return " and ".join(parts)
+
+
 def notes(modules: dict[str, dict]) -> list[str]:
     """What was not run in this session: modules carried over, modules run on a sample."""
     lines = []
     for relative, m in modules.items():
         if m.get("carried_over_from"):
+            changed = source_changes_since(relative, m["carried_over_from"])
             lines.append(f"- {relative}: not rerun in this session; counts from the run of {m['carried_over_from']} "
-                         "(survivors re-split with today's list of equivalent mutants).")
+                         "(survivors re-split with today's list of equivalent mutants)"
+                         + (f"; its source changed since ({changed}): new or changed code there is not covered by "
+                            "these counts." if changed else "; its source has not changed since."))
         if m.get("sample"):
             s = m["sample"]
             lines.append(f"- {relative}: a random sample of {s['size']} of its {s['population']} mutants "

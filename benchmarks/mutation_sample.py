@@ -6,7 +6,9 @@ Prints the sampled mutant names (mutmut's, from mutants/qlora_lab/<module>.meta,
 `mutmut run` generates first) and records seed, size and names in
 benchmarks/results/mutation_sample.json, so that benchmarks/mutation_report.py can say the
 module's score is an estimate from that sample. Mutants of functions no selected test reaches
-are always added: mutmut classifies them ("no tests") without running anything.
+can be added whole with --always (mutmut classifies them, "no tests", without running
+anything), and so can small functions changed since mutants/ was generated: they are passed as
+globs (`module.x_name__mutmut_*`), which match the names of the next generation.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     meta = ROOT / "mutants" / "qlora_lab" / (args.module + ".meta")
     names = sorted(json.loads(meta.read_text())["exit_code_by_key"])
-    always = [n for n in names if n.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0] in args.always]
-    population = [n for n in names if n not in always]
+    prefix = "qlora_lab." + args.module.removesuffix(".py").replace("/", ".")
+    always = [f"{prefix}.{function}__mutmut_*" for function in args.always]
+    population = [n for n in names if n.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0] not in args.always]
     sample = sorted(random.Random(args.seed).sample(population, min(args.size, len(population))))
     samples = json.loads(OUT.read_text()) if OUT.exists() else {}
     samples[args.module] = {"seed": args.seed, "size": len(sample), "population": len(population),

@@ -58,8 +58,17 @@ def test_lora_training_is_about_4n():
 
 
 def test_gpt3_is_350_gflops_per_token():
+    """Brown et al. 2020, table 2.1: 96 layers, d = 12288, 96 heads of 128, GPT-2's 50,257 tokens.
+
+    The parameter count from the shape by hand: per layer 4d² (attention) + 3·d·(8d/3) (SwiGLU)
+    + 2d (norms); untied embeddings and lm_head 2·V·d; the final norm d.
+    """
     result = flops.gpt3_flops_per_token()
-    assert result["n_params"] == pytest.approx(175e9, rel=0.01)
+    d, layers, vocab = 12288, 96, 50257
+    by_hand = layers * (4 * d * d + 3 * d * 32768 + 2 * d) + 2 * vocab * d + d
+    assert result["n_params"] == by_hand == pytest.approx(175e9, rel=0.01)
+    # the lm_head multiplies, the embedding table and the norms do not
+    assert result["formula_2n"] == 2 * (by_hand - vocab * d - (2 * layers + 1) * d)
     assert result["measured_flops"] == pytest.approx(2 * flops.GPT3_N_PARAMS, rel=0.01)
     assert result["measured_flops"] == pytest.approx(result["formula_2n"], rel=1e-3)
 
