@@ -1,7 +1,8 @@
 # qlora-lab: two commands do everything on a fresh machine.
 #   make book   build the HTML course (creates .venv on first use)
 #   make test   the whole test suite (unit tests, notebooks via nbval, labs, book in a browser)
-#   make lab    JupyterLab on the course
+#   make lab    JupyterLab on the course, in French (make lab LAB_ARGS="--port 8890 --no-browser")
+#   make formgrader   JupyterLab on labs/ with nbgrader's instructor tools
 # GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu128 test   (see README)
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TORCH_INDEX ?=
 PIP_TORCH_OPTS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv book browser sandbox test lab labs-release labs-grade bench mutation clean
+.PHONY: venv book browser sandbox test lab formgrader labs-release labs-grade bench mutation clean
 
 venv: $(STAMP)
 
@@ -65,8 +66,24 @@ test: $(STAMP) browser sandbox
 	$(PY) -m pytest tests || status=1; \
 	exit $$status
 
+# JupyterLab's configuration lives in jupyter_config/, never in the user's home:
+#   settings/overrides.json   French UI (jupyterlab-language-pack-fr-fr), no Jupyter news toast
+#   student/                  nbgrader's menus and panels off (lab and server extensions)
+#   instructor/               nbgrader on, for `make formgrader` (run from labs/, its course folder)
+# JUPYTER_CONFIG_DIR points there, so the user's ~/.jupyter is left alone (and unread); what
+# JupyterLab saves (settings changed by hand, workspaces) goes to jupyter_config/*/lab/.
+# LAB_ARGS reaches `jupyter lab` as is: --port 8890 --no-browser --ip 0.0.0.0 --IdentityProvider.token=...
+# Jupyter refuses to run as root without --allow-root (containers, cloud notebooks): added as root only.
+LAB_ARGS ?=
+JUPYTER_DIR := $(abspath jupyter_config)
+ALLOW_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root,)
+JUPYTER_LAB = $(abspath $(VENV))/bin/jupyter lab --LabApp.app_settings_dir=$(JUPYTER_DIR)/settings $(ALLOW_ROOT) $(LAB_ARGS)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	JUPYTER_CONFIG_DIR=$(JUPYTER_DIR)/student $(JUPYTER_LAB) notebooks/
+
+formgrader: $(STAMP)
+	cd labs && JUPYTER_CONFIG_DIR=$(JUPYTER_DIR)/instructor $(JUPYTER_LAB) .
 
 labs-release: $(STAMP)
 	$(PY) -m qlora_lab.grading release labs
