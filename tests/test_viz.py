@@ -47,6 +47,13 @@ def test_bars_heights_and_labels(log):
     assert ax.get_ylabel() == "valeur" and ax.get_yscale() == ("log" if log else "linear")
 
 
+def test_bar_labels_are_french_by_default_and_a_format_string_still_works():
+    ax = viz.plot_bars({"x": 0.000315, "y": 2.5}, "valeur", "titre").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["3,15·10⁻⁴", "2,50"]  # three significant digits
+    ax = viz.plot_bars({"x": 2.5}, "valeur", "titre", fmt="{:.2f}").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["2.50"]
+
+
 def test_grouped_bars_counts():
     groups = {"7B": {"a": 1, "b": 2, "c": 3}, "13B": {"a": 2, "b": 4, "c": 6}}
     ax = viz.plot_grouped_bars(groups, "Go", "mémoire").axes[0]
@@ -76,6 +83,7 @@ def test_histogram_with_normal_overlays_matching_density():
     peak = curve.get_ydata().max()
     assert peak == pytest.approx(1 / (0.02 * np.sqrt(2 * np.pi)), rel=0.05)
     assert len(ax.patches) == 200
+    assert "σ = 0,0" in ax.get_legend().get_texts()[1].get_text()
 
 
 def test_tradeoff_has_two_y_axes():

@@ -6,14 +6,25 @@ every figure has the axes, labels and series the prose talks about.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
+
+from qlora_lab.french import nombre, scientifique
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from qlora_lab.quant.formats import NumberFormat
+
+
+def french_value(x: float) -> str:
+    """A bar label in French: '0,0315', '65 504', or '3,15·10⁻⁴' for very small or large values."""
+    return nombre(x) if x == 0 or 1e-3 <= abs(x) < 1e6 else scientifique(x)
+
+
+def _label(fmt: str | Callable[[float], str], x: float) -> str:
+    return fmt(x) if callable(fmt) else fmt.format(x)
 
 
 def _plt():
@@ -68,14 +79,14 @@ def plot_error_vs_bits(bits: Sequence[int], errors: Mapping[str, Sequence[float]
     return fig
 
 
-def plot_bars(values: Mapping[str, float], ylabel: str, title: str, fmt: str = "{:.3g}",
-              log: bool = False) -> "Figure":
+def plot_bars(values: Mapping[str, float], ylabel: str, title: str,
+              fmt: str | Callable[[float], str] = french_value, log: bool = False) -> "Figure":
     """One bar per label, with its value written on top."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(values)), 4))
     labels, heights = list(values), [float(v) for v in values.values()]
     bars = ax.bar(labels, heights, color=plt.cm.tab10(np.arange(len(labels)) % 10))
-    ax.bar_label(bars, labels=[fmt.format(h) for h in heights], padding=2, fontsize=9)
+    ax.bar_label(bars, labels=[_label(fmt, h) for h in heights], padding=2, fontsize=9)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
@@ -86,7 +97,7 @@ def plot_bars(values: Mapping[str, float], ylabel: str, title: str, fmt: str = "
 
 
 def plot_grouped_bars(groups: Mapping[str, Mapping[str, float]], ylabel: str, title: str,
-                      fmt: str = "{:.3g}") -> "Figure":
+                      fmt: str | Callable[[float], str] = french_value) -> "Figure":
     """Bars grouped by outer key (e.g. model size), one colour per inner key (e.g. format)."""
     plt = _plt()
     outer = list(groups)
@@ -97,7 +108,7 @@ def plot_grouped_bars(groups: Mapping[str, Mapping[str, float]], ylabel: str, ti
     for j, key in enumerate(inner):
         heights = [groups[o][key] for o in outer]
         bars = ax.bar(x + (j - (len(inner) - 1) / 2) * width, heights, width, label=key)
-        ax.bar_label(bars, labels=[fmt.format(h) for h in heights], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[_label(fmt, h) for h in heights], fontsize=7, padding=1)
     ax.set_xticks(x, outer)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -172,7 +183,7 @@ def plot_histogram_with_normal(values: np.ndarray, title: str = "Distribution de
     ax.hist(values, bins=200, density=True, color="0.7", label="poids du modèle")
     grid = np.linspace(values.min(), values.max(), 400)
     density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std * np.sqrt(2 * np.pi))
-    ax.plot(grid, density, color="tab:red", label=f"loi normale (μ={mean:.3g}, σ={std:.3g})")
+    ax.plot(grid, density, color="tab:red", label=f"loi normale (μ = {french_value(mean)}, σ = {french_value(std)})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("densité")
     ax.set_title(title)
