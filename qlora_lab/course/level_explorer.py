@@ -93,7 +93,8 @@ def _show(quant_type: str, blocksize: int, df: float) -> dict[str, dict[str, flo
     ax.set_xlabel("poids / absmax du bloc")
     ax.set_ylabel("densité")
     ax.set_title(f"{FORMAT_LABELS[quant_type]}, blocs de {blocksize}, poids {tails_label(df)}", fontsize=10)
-    lines = [f"{FORMAT_LABELS[q]} : MSE {nombre(e['mse'] / w.var().item(), 3)} σ², "
+    ax.xaxis.set_major_formatter(lambda value, _: nombre(value, 2))  # French decimal comma
+    lines = [f"{FORMAT_LABELS[q]} : MSE = {nombre(e['mse'] / w.var().item())}·σ², "
              f"entropie {nombre(e['entropie'], 2)} bits" for q, e in errors.items()]
     ax.text(0.01, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
