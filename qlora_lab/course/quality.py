@@ -23,15 +23,30 @@ PAPER_TABLE2 = {"int4": 34.34, "fp4": 31.07, "fp4-e3m0": 29.48, "nf4-dq": 27.41}
 # each data type (higher is better).
 PAPER_TABLE4 = {"none": 53.0, "fp4": 52.2, "nf4-dq": 53.1}
 FAMILY_COLOURS = {"reference": "black", "bnb": "tab:blue", "weights": "tab:orange", "calibrated": "tab:green"}
+# What each format is, in French, for the tables students read (the package's descriptions are English).
+DESCRIPTIONS = {
+    "none": "bf16, la référence",
+    "int8": "INT8 absmax, une échelle par ligne de poids",
+    "llm-int8": "LLM.int8() : INT8 par vecteur, dimensions |x| ≥ 6 en 16 bits (bitsandbytes)",
+    "nf4": "NF4, blocs de 64 (bitsandbytes)",
+    "nf4-dq": "NF4 + double quantification (QLoRA, bitsandbytes)",
+    "fp4": "FP4, blocs de 64 (bitsandbytes)",
+    "int4-absmax": "INT4 absmax symétrique, blocs de 64 (le Int4 de QLoRA, tab. 2)",
+    **{f"int{b}": f"INT{b} au plus proche, grille min/max par groupe de 64" for b in (2, 3, 4)},
+    **{f"gptq{b}": f"GPTQ {b} bits, groupes de 64, calibré" for b in (2, 3, 4)},
+    **{f"awq{b}": f"échelles AWQ puis INT{b} au plus proche, calibré" for b in (3, 4)},
+    **{f"hqq{b}": f"HQQ {b} bits, groupes de 64, sans données (paquet hqq)" for b in (2, 3, 4)},
+}
 FAMILY_LABELS = {"reference": "référence bf16", "bnb": "bitsandbytes (noyaux réels)",
                  "weights": "arrondi au plus proche / HQQ", "calibrated": "calibré (GPTQ, AWQ)"}
 
 
 def quality_rows(data: Mapping[str, Any], key: str = "rows") -> list[dict[str, Any]]:
-    """The benchmark's rows with the relative change of bits/byte against bf16 (`delta`)."""
+    """The benchmark's rows with the change of bits/byte against bf16 (`delta`) and a French description."""
     rows = list(data[key])
     reference = next(r["bits_per_byte"] for r in rows if r["format"] == "none")
-    return [{**r, "delta": r["bits_per_byte"] / reference - 1.0} for r in rows]
+    return [{**r, "delta": r["bits_per_byte"] / reference - 1.0, "description": DESCRIPTIONS[r["format"]]}
+            for r in rows]
 
 
 def paper_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -44,24 +59,27 @@ def paper_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_quality(rows: Sequence[Mapping[str, Any]]) -> "Figure":
-    """Bits/byte (lower is better) against bits per weight, one point per format, by family."""
+    """Change of bits/byte against bf16 (%) per format, sorted, coloured by family, bits per weight in the label."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for family, colour in FAMILY_COLOURS.items():
-        chosen = [r for r in rows if r["kind"] == family]
-        ax.scatter([r["bits_per_weight"] for r in chosen], [r["bits_per_byte"] for r in chosen],
-                   color=colour, label=FAMILY_LABELS[family], zorder=3)
-        for r in chosen:
-            ax.annotate(r["format"], (r["bits_per_weight"], r["bits_per_byte"]), fontsize=8,
-                        xytext=(4, 3), textcoords="offset points")
-    reference = next(r["bits_per_byte"] for r in rows if r["format"] == "none")
-    ax.axhline(reference, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("bits par poids (constantes comprises, échelle log)")
-    ax.set_ylabel("bits par octet de validation (↓ mieux)")
+    from qlora_lab.french import nombre, pourcentage
+
+    ordered = sorted((r for r in rows if r["format"] != "none"), key=lambda r: r["delta"])
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(ordered) + 1.4))
+    for i, r in enumerate(ordered):
+        ax.barh(i, 100 * r["delta"], color=FAMILY_COLOURS[r["kind"]])
+        ax.annotate(pourcentage(r["delta"], 3), (max(100 * r["delta"], 0), i), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(range(len(ordered)),
+                  [f"{r['format']} ({nombre(r['bits_per_weight'], 2)} bits)" for r in ordered], fontsize=8)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colour, label=FAMILY_LABELS[family]) for family, colour in FAMILY_COLOURS.items()
+               if family != "reference"]
+    ax.xaxis.set_major_formatter(lambda value, _: nombre(value, 2))  # French decimal comma
+    ax.set_xlabel("écart de bits par octet de validation à bf16 (%, ↓ mieux)")
     ax.set_title("Ce que coûte la quantification au modèle du cours")
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
