@@ -134,3 +134,16 @@ def test_cli_eval_computes_a_row(tiny_model, capsys):
     model, tokenizer = load_quantized("int3", model=path)
     expected = evaluate_split(model, tokenizer, "validation", max_files=1, seq_len=64)
     assert printed["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-6)
+
+
+def test_chapter_11_rows_describe_every_format_and_measure_against_bf16():
+    from qlora_lab.course.quality import DESCRIPTIONS, paper_rows, quality_rows
+
+    assert set(DESCRIPTIONS) == set(FORMATS)
+    data = {"rows": [{"format": "none", "bits_per_byte": 2.0}, {"format": "nf4-dq", "bits_per_byte": 2.01},
+                     {"format": "int4-absmax", "bits_per_byte": 2.03}]}
+    rows = quality_rows(data)
+    assert [r["delta"] for r in rows] == pytest.approx([0.0, 0.005, 0.015])
+    paper = {r["format"]: r for r in paper_rows(rows)}
+    assert paper["Int4"]["ours"] == pytest.approx(0.015) and paper["Int4"]["table2"] == 34.34
+    assert paper["FP4 (E2M1)"]["ours"] is None  # no fp4 row given: nothing invented
