@@ -32,3 +32,14 @@ def test_french_costs_more_than_english_for_an_english_tokenizer(english_bpe):
 def test_bad_max_chars_is_a_clear_error():
     with pytest.raises(ValueError, match="max_chars"):
         token_costs.samples(max_chars=0)
+
+
+def test_french_split_cuts_the_prose_at_a_cell_boundary():
+    from qlora_lab.course.token_costs import french_split
+    from qlora_lab.model.corpus import french_sample
+
+    learn, held_out = french_split(0.7)
+    assert learn + held_out == french_sample()
+    assert held_out.startswith("\n\n") and 0.7 <= len(learn) / (len(learn) + len(held_out)) < 0.8
+    with pytest.raises(ValueError, match="fraction"):
+        french_split(1.0)

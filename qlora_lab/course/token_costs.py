@@ -57,6 +57,21 @@ def samples(max_chars: int = 30_000) -> dict[str, str]:
     return {"français": french_sample()[:max_chars], "anglais": english_sample()[:max_chars], "code Python": code[:max_chars]}
 
 
+def french_split(fraction: float = 0.7) -> tuple[str, str]:
+    """The course's French prose cut in two at a cell boundary: (to learn from, held out).
+
+    A tokenizer must be scored on text it has not seen: on its own corpus it looks
+    cheaper than it is. The held-out part is the end of the course.
+    """
+    from qlora_lab.model.corpus import french_sample
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    prose = french_sample()
+    cut = prose.index("\n\n", int(fraction * len(prose)))
+    return prose[:cut], prose[cut:]
+
+
 def n_tokens(tokenizer, text: str) -> int:
     """Tokens of `text`, without the <s> the tokenizer adds in front."""
     return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
