@@ -72,6 +72,22 @@ def weight_bytes(shape: ModelShape, fmt: str) -> float:
     return linear + 2.0 * shape.other_params()
 
 
+def _layer_saved_bytes(shape: ModelShape, seq_len: int, batch: int, attention: str) -> int:
+    """What one decoder layer saves for backward, bf16 compute (measured, see activation_bytes)."""
+    tokens = seq_len * batch
+    per_layer = 24 * tokens * shape.hidden + 8 * tokens * shape.intermediate
+    if attention == "eager":
+        per_layer += 6 * shape.n_heads * seq_len * tokens
+    return per_layer
+
+
+def _check_activation_args(seq_len: int, batch: int, attention: str) -> None:
+    if seq_len <= 0 or batch <= 0:
+        raise ValueError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention={attention!r} must be 'sdpa' or 'eager'")
+
+
 def activation_bytes(
     shape: ModelShape, seq_len: int, batch: int = 1, gradient_checkpointing: bool = False,
     attention: Literal["sdpa", "eager"] = "sdpa",
@@ -82,20 +98,55 @@ def activation_bytes(
     6·a·s²·b for eager attention (softmax kept in fp32 + bf16 probabilities); fused SDPA
     kernels keep only a log-sum-exp. The head keeps fp32 logits: 4·s·b·V. With gradient
     checkpointing only each layer's input (2·s·b·h) is kept, and one layer is recomputed
-    at a time during the backward pass.
+    at a time during the backward pass. The peak of a step is more: `activation_peak_bytes`.
     """
-    if seq_len <= 0 or batch <= 0:
-        raise ValueError(f"seq_len and batch must be positive, got seq_len={seq_len}, batch={batch}")
-    if attention not in ("sdpa", "eager"):
-        raise ValueError(f"attention={attention!r} must be 'sdpa' or 'eager'")
+    _check_activation_args(seq_len, batch, attention)
     tokens = seq_len * batch
-    per_layer = 24 * tokens * shape.hidden + 8 * tokens * shape.intermediate
-    if attention == "eager":
-        per_layer += 6 * shape.n_heads * seq_len * tokens
+    per_layer = _layer_saved_bytes(shape, seq_len, batch, attention)
     head = 4 * tokens * shape.vocab + 8 * tokens * shape.hidden
     if gradient_checkpointing:
         return shape.n_layers * 2 * tokens * shape.hidden + per_layer + head
     return shape.n_layers * per_layer + head
+
+
+LOSS_FP32_COPIES = 3  # log-softmax's backward holds its fp32 output, the incoming and the outgoing gradient
+# A recomputed layer's backward: its saved tensors plus the gradients it makes on the way,
+# measured by tensor accounting at ~5/3 of the saved bytes (tests/test_memory.py).
+LAYER_BACKWARD_FACTOR = 5 / 3
+
+
+def activation_peak_bytes(
+    shape: ModelShape, seq_len: int, batch: int = 1, gradient_checkpointing: bool = False,
+    attention: Literal["sdpa", "eager"] = "sdpa",
+) -> float:
+    """Activation bytes at the peak of a training step (measured by tensor accounting).
+
+    The backward pass starts at the loss. transformers' cross-entropy upcasts the logits to
+    fp32, and log-softmax's backward holds three fp32 (s·b, V) tensors at once: 12·s·b·V
+    bytes, plus the head's 8·s·b·h. Without checkpointing every layer's saved tensors are
+    still there; with it, only the layer inputs are, and one layer is recomputed *after* the
+    head is done (its saved tensors and the gradients its backward makes, ~5/3 of the saved
+    bytes), so the peak is the larger of the two moments. With a 32k vocabulary and short
+    sequences the loss is the peak (`qlora_lab.hardware.tensor_memory` shows it).
+    """
+    _check_activation_args(seq_len, batch, attention)
+    tokens = seq_len * batch
+    per_layer = _layer_saved_bytes(shape, seq_len, batch, attention)
+    loss = 4 * LOSS_FP32_COPIES * tokens * shape.vocab + 8 * tokens * shape.hidden
+    if gradient_checkpointing:
+        return shape.n_layers * 2 * tokens * shape.hidden + max(LAYER_BACKWARD_FACTOR * per_layer, loss)
+    return shape.n_layers * per_layer + loss
+
+
+def fp32_embedding_activation_bytes(shape: ModelShape, seq_len: int, batch: int = 1) -> float:
+    """What fp32 embeddings and lm_head (PEFT's upcast for QLoRA) add to the activation peak.
+
+    An fp32 embedding output makes the whole residual stream fp32 (bf16 sublayer outputs
+    are added to it in fp32): the checkpointed layer inputs take 4·s·b·h bytes, not 2. And
+    autocast casts the fp32 lm_head to bf16 for each matmul, a 2·V·h copy that is alive
+    at the loss's backward. Measured on a 1.1B Llama (benchmarks/memory_scale.py).
+    """
+    return shape.n_layers * 2 * seq_len * batch * shape.hidden + 2 * shape.vocab * shape.hidden
 
 
 @dataclass
@@ -125,26 +176,35 @@ class TrainingMemory:
 def training_memory(
     shape: ModelShape, method: str, seq_len: int = 512, batch: int = 1, r: int = 16,
     target_modules: Iterable[str] = LLAMA_ALL_LINEAR, gradient_checkpointing: bool = True,
-    optimizer_state_bytes: float = ADAMW_STATE_BYTES,
+    optimizer_state_bytes: float = ADAMW_STATE_BYTES, fp32_unquantized: bool = True,
 ) -> TrainingMemory:
-    """Training memory of full fine-tuning, 16-bit LoRA or QLoRA (NF4 + DQ base).
+    """Training memory at the peak of a step: full fine-tuning, 16-bit LoRA or QLoRA (NF4 + DQ).
 
     full: bf16 weights and gradients + fp32 AdamW moments = 12 bytes/param (the QLoRA
     paper's "> 780 GB" for 65B). LoRA/QLoRA: frozen base, fp32 adapters (PEFT's default)
-    with their gradients and AdamW moments.
+    with their gradients and AdamW moments. QLoRA with `fp32_unquantized`: PEFT's
+    `prepare_model_for_kbit_training` (what `qlora-lab finetune` calls on one GPU or under
+    DDP) casts the weights left unquantized (embeddings, lm_head, norms) to fp32, 2 more
+    bytes each; FSDP keeps them in the 4-bit storage dtype (`qlora_lab.sizing.multi_gpu`).
+    Activations: `activation_peak_bytes`, plus `fp32_embedding_activation_bytes` for that
+    upcast QLoRA. Gradients are counted whole although at the
+    loss's peak the adapters have none yet: a small overestimate, on the safe side.
 
     Raises:
         ValueError: unknown method.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
-    activations = activation_bytes(shape, seq_len, batch, gradient_checkpointing)
+    activations = activation_peak_bytes(shape, seq_len, batch, gradient_checkpointing)
     if method == "full":
         n = shape.n_params
         return TrainingMemory(method, 2.0 * n, 0.0, 2.0 * n, optimizer_state_bytes * n, activations)
     n_adapter = lora_params_for_shape(shape.hidden, shape.intermediate, shape.n_layers, shape.n_heads,
                                       shape.n_kv_heads, r=r, target_modules=target_modules)
     base = weight_bytes(shape, "bf16" if method == "lora" else "nf4-dq")
+    if method == "qlora" and fp32_unquantized:
+        base += 2.0 * shape.other_params()  # bf16 -> fp32
+        activations += fp32_embedding_activation_bytes(shape, seq_len, batch)
     return TrainingMemory(method, base, 4.0 * n_adapter, 4.0 * n_adapter, optimizer_state_bytes * n_adapter, activations)
 
 

@@ -26,10 +26,10 @@ STRATEGIES: tuple[str, ...] = ("single", "ddp", "fsdp")
 # next one, all-gathered ahead of time (Accelerate's fsdp_backward_prefetch: BACKWARD_PRE).
 FSDP_LAYERS_GATHERED = 2
 # What no formula here counts, per process: CUDA context (~0.3–1 GB, outside PyTorch's
-# allocator), NCCL buffers, allocator fragmentation, transient tensors (a dequantized
-# bf16 weight, activation gradients, fp32 logits in the loss). A rule of thumb for short
-# sequences, not a measurement: HF PEFT's 70B runs at 4096 tokens per GPU sit 6–9 GB above
-# per_device_memory (see its docstring).
+# allocator), NCCL buffers, allocator fragmentation, temporaries inside kernels (a
+# dequantized bf16 weight); the loss's fp32 logits are counted (`activation_peak_bytes`).
+# A rule of thumb for short sequences, not a measurement: HF PEFT's 70B runs at 4096
+# tokens per GPU sit 6–8 GB above per_device_memory (see its docstring).
 RUNTIME_HEADROOM_GB = 2.0
 
 
@@ -133,10 +133,10 @@ def per_device_memory(
       still come to the GPU to be computed.
 
     Left out (see RUNTIME_HEADROOM_GB): CUDA context, NCCL buffers, fragmentation and
-    transient tensors, so this is a lower bound. Against HF PEFT's measurement
+    temporaries inside kernels, so this is a lower bound. Against HF PEFT's measurement
     (Llama-2-70B FSDP-QLoRA on 2 GPUs, 2 sequences of 2048 tokens per GPU, r=8, gradient
-    checkpointing): this function says 29.4 GB/GPU without CPU offload where 35.6 GB
-    were measured, 10.9 GB with offload where 19.6 GB were measured: 6 to 9 GB missing
+    checkpointing): this function says 29.7 GB/GPU without CPU offload where 35.6 GB
+    were measured, 11.3 GB with offload where 19.6 GB were measured: 6 to 8 GB missing
     (how much of it shrinks at fewer tokens per GPU was not measured). For CodeLlama-70B
     at 512 tokens it says 23.3 GB on 2 GPUs: under 24 GB on paper, by less than what it
     leaves out, so not a fit to count on; the "70B on two 24 GB GPUs" of Answer.AI and
@@ -148,7 +148,7 @@ def per_device_memory(
     """
     check_strategy(strategy, n_devices, cpu_offload, layers_gathered)
     one = training_memory(shape, method, seq_len, batch, r, target_modules, gradient_checkpointing,
-                          optimizer_state_bytes)
+                          optimizer_state_bytes, fp32_unquantized=strategy != "fsdp")
     if strategy != "fsdp":
         buckets = one.gradients if strategy == "ddp" else 0.0
         return DeviceMemory(method, one.weights, one.adapters, one.gradients, one.optimizer, one.activations,
