@@ -52,6 +52,8 @@ ENGLISH_UI = (
     "Loading weights", "it/s", "s/it",
 )
 ENGLISH_UI_RE = re.compile("|".join(rf"(?<![\w/]){re.escape(w)}(?![\w/])" for w in ENGLISH_UI))
+# The news toast asks in the UI's language: in French too.
+NEWS_TOAST_RE = re.compile(r"nouvelles officielles de Jupyter|official Jupyter news")
 
 # Test-only user settings (a temporary JUPYTERLAB_SETTINGS_DIR, never the repo's):
 # no autosave, so the run never writes outputs into the committed notebook, and no
@@ -306,14 +308,15 @@ def test_chapter_01_runs_in_french_jupyterlab_and_its_sliders_are_live(lab, tmp_
             before, after = move_slider_and_wait_redraw(page)
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
-            english = sorted({m.group(0) for text in page.evaluate(VISIBLE_TEXT_JS)
-                              for m in ENGLISH_UI_RE.finditer(text)})
+            visible = page.evaluate(VISIBLE_TEXT_JS)
         finally:
             browser.close()
     assert menus[:5] == ["Fichier", "Édition", "Affichage", "Exécution", "Noyau"], menus
     assert not stderr_outputs(nb), f"stderr or errors in chapter 01: {stderr_outputs(nb)}"
     assert int(after) == int(before) + 1, (before, after)
+    english = sorted({m.group(0) for text in visible for m in ENGLISH_UI_RE.finditer(text)})
     assert not english, f"English UI strings visible in JupyterLab: {english}"
+    assert not [t for t in visible if NEWS_TOAST_RE.search(t)], "the Jupyter news toast is shown"
 
 
 @pytest.mark.parametrize(("text", "leaks"), [
@@ -323,3 +326,9 @@ def test_chapter_01_runs_in_french_jupyterlab_and_its_sliders_are_live(lab, tmp_
 def test_english_ui_pattern(text, leaks):
     """The pattern above is only as good as its words: whole words match, French does not."""
     assert bool(ENGLISH_UI_RE.search(text)) is leaks
+
+
+def test_news_toast_pattern():
+    """The toast's question as JupyterLab asks it, in French and in English."""
+    assert NEWS_TOAST_RE.search("Souhaitez-vous être informé des nouvelles officielles de Jupyter ?")
+    assert NEWS_TOAST_RE.search("Would you like to receive official Jupyter news?")
