@@ -96,6 +96,35 @@ def test_resnet50_counts_by_hand():
     assert result["per_op"] == {"convolution": 2 * (macs - 2048 * 1000), "addmm": 2 * 2048 * 1000}
 
 
+@pytest.mark.parametrize("in_ch, width, stride", [(8, 2, 1), (8, 4, 2), (8, 4, 1)])
+def test_bottleneck_computes_he_et_al_figure_5(in_ch, width, stride):
+    """relu(bn(conv1x1(relu(bn(conv3x3(relu(bn(conv1x1 x))))))) + shortcut(x)), written with torch's functions."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    block = flops.Bottleneck(in_ch, width, stride).eval()
+    for bn in (m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, in_ch, 6, 6)
+
+    def conv_bn(t, conv, bn):
+        t = F.conv2d(t, conv.weight, stride=conv.stride, padding=conv.padding)
+        return F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps)
+
+    convs = [m for m in block.body if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in block.body if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [c.kernel_size for c in convs] == [(1, 1), (3, 3), (1, 1)] and convs[1].stride == (stride, stride)
+    y = F.relu(conv_bn(x, convs[0], bns[0]))
+    y = F.relu(conv_bn(y, convs[1], bns[1]))
+    y = conv_bn(y, convs[2], bns[2])
+    if 4 * width == in_ch and stride == 1:  # same shape: the identity
+        shortcut = x
+    else:  # a strided 1×1 projection
+        shortcut = conv_bn(x, block.shortcut[0], block.shortcut[1])
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), F.relu(y + shortcut))
+
+
 @pytest.mark.parametrize("m, k, n, dtype, itemsize", [(1, 256, 256, "float32", 4), (8, 16, 32, "bfloat16", 2)])
 def test_arithmetic_intensity_is_flops_over_bytes_moved(m, k, n, dtype, itemsize):
     timing = flops.MatmulTiming(m, k, n, dtype, "cpu", seconds=0.5)
@@ -110,6 +139,12 @@ def test_time_matmul_reports_the_median_of_its_repeats(monkeypatch):
     timing = flops.time_matmul(4, 3, 2, device="cpu", repeats=5)
     assert (timing.m, timing.k, timing.n, timing.dtype, timing.device) == (4, 3, 2, "float32", "cpu")
     assert timing.seconds == 5 and next(ticks, None) is None  # one clock pair per repeat, none for the warm-up
+
+
+def test_time_matmul_times_five_repeats_by_default(monkeypatch):
+    ticks = iter([0, 2, 10, 14, 20, 21, 30, 33, 40, 45])  # 2, 4, 1, 3, 5 s: median 3 s
+    monkeypatch.setattr(flops, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert flops.time_matmul(2, device="cpu").seconds == 3 and next(ticks, None) is None
 
 
 def test_time_matmul_defaults_to_a_square_product_on_the_default_device():

@@ -15,9 +15,10 @@ from qlora_lab.finetune.config import PAGED_OPTIMIZERS, FinetuneConfig
 from qlora_lab.finetune.loop import finetune
 from qlora_lab.finetune.prepare import make_optimizer
 from qlora_lab.model.models import load_model
-from qlora_lab.quant.double_quant import dequantize_absmax
 from qlora_lab.quant.codes import nearest_code
+from qlora_lab.quant.double_quant import dequantize_absmax
 from qlora_lab.quant.nf4 import codebook, dequantize_4bit, quantize_4bit
+from qlora_lab.sizing.flops import time_matmul
 
 pytestmark = pytest.mark.gpu
 
@@ -98,6 +99,14 @@ def test_nearest_code_with_levels_closer_than_its_grid_on_cuda(cuda):
     found = nearest_code(values.to(cuda), code)
     assert found.is_cuda
     assert torch.equal(found.cpu(), (values.reshape(-1, 1) - code).abs().argmin(dim=1).to(torch.uint8))
+
+
+def test_time_matmul_on_cuda_waits_for_the_kernels(cuda):
+    """A CUDA matmul is asynchronous: without torch.cuda.synchronize the clock would time the launch
+    only (~10 µs for 1.1 TFLOPs of work, i.e. > 100 PFLOP/s). No GPU reaches 5 PFLOP/s dense in bf16."""
+    timing = time_matmul(8192, dtype=torch.bfloat16, device=cuda, repeats=3)
+    assert timing.device == "cuda" and timing.dtype == "bfloat16"
+    assert 1e12 < timing.flop_per_s < 5e15, f"{timing.flop_per_s:.3g} FLOP/s"
 
 
 # --- a real QLoRA fine-tune on the GPU ---------------------------------------------------------
