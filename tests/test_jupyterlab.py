@@ -294,7 +294,7 @@ def move_slider_and_wait_redraw(page: Page) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_chapter_01_runs_in_french_jupyterlab_and_its_sliders_are_live(lab, tmp_path):
+def test_chapter_01_runs_in_french_jupyterlab_and_its_sliders_are_live(lab):
     if not CHROMIUM.is_file():
         pytest.fail(f"Chromium is missing ({CHROMIUM}): run `make browser` first", pytrace=False)
     with sync_playwright() as p:
