@@ -273,7 +273,7 @@ def stderr_outputs(nb: dict) -> list[str]:
 
 
 def move_slider_and_wait_redraw(page: Page) -> tuple[str, str]:
-    """Press → on the explorer's bits slider; return the readout before and after.
+    """Press → on the first slider of the explorer; return its readout before and after.
 
     Fails unless the figure below the sliders changes (a new PNG from the kernel).
     """
@@ -313,7 +313,7 @@ def test_chapter_01_runs_in_french_jupyterlab_and_its_sliders_are_live(lab):
             browser.close()
     assert menus[:5] == ["Fichier", "Édition", "Affichage", "Exécution", "Noyau"], menus
     assert not stderr_outputs(nb), f"stderr or errors in chapter 01: {stderr_outputs(nb)}"
-    assert int(after) == int(before) + 1, (before, after)
+    assert after != before, f"the slider readout did not move: {before!r}"
     english = sorted({m.group(0) for text in visible for m in ENGLISH_UI_RE.finditer(text)})
     assert not english, f"English UI strings visible in JupyterLab: {english}"
     assert not [t for t in visible if NEWS_TOAST_RE.search(t)], "the Jupyter news toast is shown"
