@@ -40,7 +40,7 @@ def families_table(seed: int = 0) -> Tableau:
     rows = [{"famille": f.name, "split": split, "exemple": docstring(build_problem(f, rng).prompt)}
             for families, split in ((TRAIN_FAMILIES, "entraînement"), (HELDOUT_FAMILIES, "jamais entraînée"))
             for f in families]
-    return Tableau(rows, {"famille": "famille", "split": "vue à l'entraînement ?", "exemple": "docstring tirée au hasard"})
+    return Tableau(rows, {"famille": "famille", "split": "rôle", "exemple": "docstring tirée au hasard"})
 
 
 def before_after_table(before: FunctionsScore, after: FunctionsScore, n: int = 4) -> Tableau:
