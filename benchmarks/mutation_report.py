@@ -14,6 +14,7 @@ test reaches ("no tests") and unchecked ones are counted apart, never as killed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def collect(previous: dict) -> dict[str, dict]:
     return modules
 
 
-def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
+def markdown(modules: dict[str, dict], diffs: dict[str, str], session_notes: list[str]) -> str:
     lines = ["# Mutation testing of the course's arithmetic", "",
              f"mutmut {mutmut_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. `make mutation` reruns it "
              "(`[tool.mutmut]` in pyproject.toml: each mutant runs only the fast tests of its module that reach "
@@ -114,7 +115,7 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str]) -> str:
              "no selected fast test calls (plotting helpers); *not checked*: not run in this session. "
              "*Equivalent* includes *CUDA-only* mutants: the same on a CPU, caught by tests/test_gpu.py on a GPU "
              "(not run here: no GPU).", "",
-             *notes(modules),
+             *notes(modules, session_notes),
              "| module | mutants | killed | survived | equivalent (CUDA-only) | gaps | no tests | not checked | score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for relative, m in modules.items():
@@ -155,9 +156,9 @@ def source_changes_since(relative: str, date: str) -> str:
     return " and ".join(parts)
 
 
-def notes(modules: dict[str, dict]) -> list[str]:
+def notes(modules: dict[str, dict], session_notes: list[str]) -> list[str]:
     """What was not run in this session: modules carried over, modules run on a sample."""
-    lines = []
+    lines = [f"- {note}" for note in session_notes]
     for relative, m in modules.items():
         if m.get("carried_over_from"):
             changed = source_changes_since(relative, m["carried_over_from"])
@@ -184,6 +185,10 @@ def mutmut_version() -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Mutation-testing report from mutants/.")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a sentence on how this session ran (e.g. a partial rerun), printed in the report")
+    session_notes = parser.parse_args().note
     previous = previous_report()
     modules = collect(previous)
     names = [n for m in modules.values() if m.get("run") for n in m["surviving_gaps"] + list(m["equivalent_mutants"])]
@@ -193,10 +198,10 @@ def main() -> None:
     diffs = {name: previous["diffs"][name] if name.startswith(carried) and name in previous["diffs"]
              else mutant_diff(name) for name in names}
     OUT.mkdir(parents=True, exist_ok=True)
-    report = {"tool": f"mutmut {mutmut_version()}", "modules": modules,
+    report = {"tool": f"mutmut {mutmut_version()}", "modules": modules, "notes": session_notes,
               "diffs": diffs, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (OUT / "mutation_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (OUT / "mutation_report.md").write_text(markdown(modules, diffs))
+    (OUT / "mutation_report.md").write_text(markdown(modules, diffs, session_notes))
     print((OUT / "mutation_report.md").read_text().split("\n## ")[0])
 
 

@@ -18,6 +18,7 @@ from qlora_lab.model.models import load_model
 from qlora_lab.quant.codes import nearest_code
 from qlora_lab.quant.double_quant import dequantize_absmax
 from qlora_lab.quant.nf4 import codebook, dequantize_4bit, quantize_4bit
+from qlora_lab.sizing import flops
 from qlora_lab.sizing.flops import time_matmul
 
 pytestmark = pytest.mark.gpu
@@ -107,6 +108,20 @@ def test_time_matmul_on_cuda_waits_for_the_kernels(cuda):
     timing = time_matmul(8192, dtype=torch.bfloat16, device=cuda, repeats=3)
     assert timing.device == "cuda" and timing.dtype == "bfloat16"
     assert 1e12 < timing.flop_per_s < 5e15, f"{timing.flop_per_s:.3g} FLOP/s"
+
+
+def test_flop_counts_of_a_model_on_cuda_equal_the_formulas(cuda):
+    """The counting helpers feed the model inputs on its own device: a CUDA model counts like a CPU one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4)).to(cuda)
+    n, seq = flops.matmul_params(model), 16
+    forward = flops.exact_decoder_forward_flops(n, 2, 64, seq)
+    assert flops.decoder_forward_flops(model, seq) == forward
+    training = flops.training_flops_per_token(n, 2, 4, 16, seq) * seq  # PaLM: 6N + 12·L·H·Q·T per token
+    assert flops.decoder_training_flops(model, seq) == pytest.approx(training, rel=1e-9)
 
 
 # --- a real QLoRA fine-tune on the GPU ---------------------------------------------------------
