@@ -75,7 +75,7 @@ EXERCISES: dict[str, Checker] = {
     "01.2": exact(fewest_bits_for_psnr),
     "01.3": parts({"avec": numeric(lambda: tensor_over_block_error(8)),
                    "sans": numeric(lambda: tensor_over_block_error(0))}),
-    "02.1": parts({3: numeric(lambda: qat_gain(3)), 8: numeric(lambda: qat_gain(8))}),
+    "02.1": parts({4: numeric(lambda: qat_gain(4)), 8: numeric(lambda: qat_gain(8))}),
     "02.2": numeric(lambda: qat_gain(4, "channel")),
     "02.3": parts({"qlora": exact(lambda: lora_params_per_linear(4096, 4096, 16)),
                    "qat": exact(qat_trainable)}),
