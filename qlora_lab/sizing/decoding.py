@@ -25,7 +25,7 @@ from qlora_lab.model.llama_shapes import ModelShape
 # A ~1B Llama: TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, vocab 32000).
 LLAMA_1B = ModelShape("llama-1.1b", hidden=2048, intermediate=5632, n_layers=22, n_heads=32, n_kv_heads=4,
                       vocab=32000)
-PROMPT_TOKENS = 16  # the prompt each sequence starts from: short, decoding is what we time
+PROMPT_TOKENS = 8  # the prompt each sequence starts from: short, decoding is what we time
 
 
 def random_llama(shape: ModelShape, quantization: str = "none", seed: int = 0):
