@@ -102,7 +102,12 @@ def test_time_matmul_rejects_bad_sizes(bad):
 @pytest.mark.parametrize("value, text", [(2e9, "2 GFLOPs"), (3.5e14, "350 TFLOPs"), (12, "12 FLOPs"),
                                          (1e15, "1 PFLOPs"), (1e12, "1 TFLOPs"), (1e9, "1 GFLOPs"), (1e6, "1 MFLOPs"),
                                          (1e3, "1 kFLOPs"), (999.0, "999 FLOPs"), (-2.5e6, "−2,5 MFLOPs"),
-                                         (1.2345e9, "1,23 GFLOPs"), (8.18e9, "8,18 GFLOPs")])
+                                         (1.2345e9, "1,23 GFLOPs"), (8.18e9, "8,18 GFLOPs"),
+                                         # rounding to 3 digits carries into the next prefix: 999.5e9 = 1.00e12
+                                         (999.5e9, "1 TFLOPs"), (999.4e9, "999 GFLOPs"), (999.5, "1 kFLOPs"),
+                                         # below 1, fixed-point digits, never "1.5e-05" cut to "0"
+                                         (1.5e-5, "0,000015 FLOPs"), (0.123456, "0,123 FLOPs"), (0.0, "0 FLOPs"),
+                                         (1.5e20, "150\u202f000 PFLOPs")])
 def test_human(value, text):
     assert flops.human(value) == text
 

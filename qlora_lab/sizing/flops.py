@@ -17,6 +17,7 @@ FlopCounterMode counts matmuls (mm, bmm, conv, and the CUDA attention kernels) a
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -265,19 +266,23 @@ def time_matmul(
 
 def human(flops: float, unit: str = "FLOPs") -> str:
     """1.23e12 -> '1,23 T' + unit: three significant digits, French decimal comma."""
+    rounded = float(f"{flops:.3g}")  # round first, so that 999.5e9 takes the T prefix: "1 TFLOPs"
     for prefix, scale in [("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)]:
-        if abs(flops) >= scale:
-            return f"{_three_digits(flops / scale)} {prefix}{unit}"
-    return f"{_three_digits(flops)} {unit}"
+        if abs(rounded) >= scale:
+            return f"{_three_digits(rounded / scale)} {prefix}{unit}"
+    return f"{_three_digits(rounded)} {unit}"
 
 
 def _three_digits(x: float) -> str:
-    """Three significant digits without trailing zeros, the French way: 2.5 -> '2,5'."""
+    """Three significant digits without trailing zeros, the French way: 2.5 -> '2,5', 1.5e-5 -> '0,000015'."""
     from qlora_lab.french import nombre
 
-    text = f"{x:.3g}"
-    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
-    return nombre(float(text), decimals)
+    rounded = float(f"{x:.3g}")
+    if rounded == 0:
+        return nombre(0.0, 0)
+    decimals = max(0, 2 - math.floor(math.log10(abs(rounded))))  # fixed-point, never "1.5e-05"
+    kept = f"{rounded:.{decimals}f}".rstrip("0").split(".")
+    return nombre(rounded, len(kept[1]) if len(kept) == 2 else 0)
 
 
 # --------------------------------------------------------------- context-length study
