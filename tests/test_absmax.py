@@ -250,3 +250,59 @@ def test_errors_name_the_argument():
 def test_sqnr_of_an_all_zero_signal_is_minus_infinity():
     errors = absmax.quantization_error(torch.zeros(8), torch.ones(8))
     assert errors["sqnr_db"] == -math.inf
+
+
+def test_error_messages_name_the_argument_exactly():
+    # The messages, written out by hand: a mangled name ("XXschemeXX", None) must not pass.
+    with pytest.raises(ValueError, match=r"^unknown scheme 'minmax': expected one of \('absmax', 'zeropoint'\)$"):
+        code_range(4, "minmax")
+    with pytest.raises(ValueError, match=r"^unknown granularity 'row': expected one of "):
+        quantize(torch.ones(4), granularity="row")
+    with pytest.raises(ValueError, match=r"^blocksize must be an int, got 64\.0$"):
+        quantize(torch.ones(4), granularity="block", blocksize=64.0)
+    with pytest.raises(ValueError, match=r"^blocksize must be an int, got True$"):
+        absmax.check_blocksize(True)
+    with pytest.raises(ValueError, match=r"^blocksize must be a positive power of two, got 48$"):
+        absmax.check_blocksize(48)
+    with pytest.raises(ValueError, match=r"^granularity='channel' needs a tensor with at least 1 dimension$"):
+        quantize(torch.tensor(1.0), granularity="channel")
+
+
+@pytest.mark.parametrize("blocksize", [1, 2, 4])
+def test_smallest_powers_of_two_are_valid_blocksizes(blocksize):
+    # 1 = 2^0 and 2 are powers of two; with one value per block, absmax = |x| and the round trip is exact.
+    absmax.check_blocksize(blocksize)
+    x = torch.tensor([0.5, -2.0, 3.0, 0.25])
+    qt = quantize(x, bits=8, granularity="block", blocksize=blocksize)
+    assert qt.scale.shape == (4 // blocksize,)
+    if blocksize == 1:
+        torch.testing.assert_close(qt.scale, x.abs() / 127)
+        torch.testing.assert_close(dequantize(qt), x)
+
+
+@pytest.mark.parametrize("x, bits, codes", [
+    # lo = -3.5·scale: zero-point round(3.5) = 4 (half to even), and hi/scale = 11.5 rounds to 12: 12 + 4 = 16 > 15
+    ([-3.5, 11.5], 4, [0, 15]),
+    # found by search: lo·(1/scale) and lo/scale round apart by one ulp, so the smallest code is 0 - 1 before the clamp
+    ([-2.483783006668091, 0.49675658345222473], 2, [0, 2]),
+])
+def test_codes_are_clamped_like_torch_fake_quantize(x, bits, codes):
+    x = torch.tensor(x)
+    qt = quantize(x, bits=bits, scheme="zeropoint")
+    assert qt.codes.tolist() == codes
+    expected = torch.fake_quantize_per_tensor_affine(x, qt.scale, qt.zero_point, 0, 2**bits - 1)
+    torch.testing.assert_close(dequantize(qt), expected, rtol=0, atol=1e-6)
+
+
+def test_the_record_says_how_the_codes_were_made():
+    x = _weights(5, shape=(1, 64))
+    per_tensor = quantize(x, bits=3, scheme="zeropoint", granularity="tensor")
+    assert (per_tensor.bits, per_tensor.scheme) == (3, "zeropoint")
+    qmin, qmax = code_range(per_tensor.bits, per_tensor.scheme)  # the range the record declares holds the codes
+    assert (qmin, qmax) == (0, 7) and int(per_tensor.codes.max()) == qmax
+    assert per_tensor.scale.shape == () and per_tensor.zero_point.shape == ()  # one scale: a 0-d tensor
+    # One channel keeps a 1-D scale of length 1, as torch.fake_quantize_per_channel_affine needs.
+    per_channel = quantize(x, bits=3, scheme="zeropoint", granularity="channel")
+    assert per_channel.scale.shape == (1,)
+    expected = torch.fake_quantize_per_channel_affine(x, per_channel.scale, per_channel.zero_point, 0, 0, 7)
+    torch.testing.assert_close(dequantize(per_channel), expected, rtol=0, atol=1e-6)

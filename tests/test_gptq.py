@@ -39,6 +39,9 @@ def textbook_gptq(weight: torch.Tensor, x: torch.Tensor, bits: int, group_size: 
     """
     w = weight.to(torch.float64).clone()
     h = 2.0 / x.shape[0] * x.to(torch.float64).T @ x.to(torch.float64)
+    dead = torch.diag(h) == 0  # as IST-DASLab/gptq's gptq.py: H[dead, dead] = 1, W[:, dead] = 0, then damp
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
     h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=torch.float64)
     h_inv = torch.linalg.inv(h)
     q_all = torch.zeros_like(w)
@@ -66,6 +69,10 @@ def test_grid_by_hand():
 def test_hessian_is_twice_the_input_covariance():
     x = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
     assert torch.allclose(hessian(x), torch.tensor([[10.0, -1.0], [-1.0, 5.0]], dtype=torch.float64))
+    # (batch, seq, features) is flattened over its leading dims: the same two rows plus two zero rows,
+    # n = 4 samples, so H = 2/4 · XᵀX = the matrix above halved. seq (4) != features (2) on purpose.
+    x3 = torch.cat([x, torch.zeros(2, 2)]).reshape(1, 4, 2)
+    assert torch.allclose(hessian(x3), torch.tensor([[5.0, -0.5], [-0.5, 2.5]], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -105,13 +112,19 @@ def test_dead_columns_are_zeroed():
     x = correlated_inputs(64, 16, seed=3)
     x[:, 5] = 0.0
     weight = torch.randn(4, 16)
-    assert torch.all(gptq_quantize(weight, x, bits=4, group_size=8)[:, 5] == 0)
+    fast = gptq_quantize(weight, x, bits=4, group_size=8)
+    assert torch.all(fast[:, 5] == 0)
+    # The dead diagonal entry (1, as in the reference code) enters the dampening mean: the whole result
+    # must equal the explicit update of the reference recipe, not only the dead column.
+    assert torch.allclose(fast.double(), textbook_gptq(weight, x, 4, 8), atol=1e-6, rtol=0)
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="bits"):
         gptq_quantize(torch.zeros(2, 4), torch.zeros(3, 4), bits=1)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="have 5 features, the weight has 4 input columns"):
         gptq_quantize(torch.zeros(2, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="group_size=0 must be positive"):
+        gptq_quantize(torch.zeros(2, 4), torch.zeros(3, 4), group_size=0)
     with pytest.raises(ValueError, match="2-D"):
         rtn_quantize(torch.zeros(4))

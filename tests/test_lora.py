@@ -139,3 +139,12 @@ def test_a_is_initialised_like_nn_linear_and_b_is_zero(r):
 def test_layer_rejects_a_rank_below_one(r):
     with pytest.raises(ValueError, match=f"r={r}"):
         lora.LoRALinear(nn.Linear(4, 4), r=r)
+
+
+def test_default_rank_and_targets_count_like_peft_at_rank_16_on_every_linear():
+    # The defaults the memory estimator and the calculators rely on: r = 16 on the seven Llama linears.
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    trainable, _ = get_peft_model(tiny_llama(2), config).get_nb_trainable_parameters()
+    assert lora.lora_params_for_shape(64, 160, 2, 4, 2) == trainable

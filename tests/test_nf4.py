@@ -443,3 +443,54 @@ def test_odd_sizes_and_small_chunks_equal_bitsandbytes(monkeypatch, n, chunk):
         ours = dequantize_4bit(packed, state)
         assert ours.shape == x.shape and ours.dtype == dtype
         assert torch.equal(ours.reshape(-1), F.dequantize_4bit(bnb_packed, bnb_state).reshape(-1))
+
+
+@pytest.mark.parametrize("n", [64 * 8, 64 * 7 + 33, 64 * 9 + 33], ids=["whole-blocks", "partial-ends-a-chunk", "partial"])
+def test_zero_blocks_at_chunk_ends_equal_bitsandbytes(monkeypatch, n):
+    """4-block chunks; block 3 (the end of the first chunk) and the last block all zero.
+
+    bitsandbytes floors the absmax of the last block at 1e-38 only when that block is partial:
+    a whole zero block keeps absmax 0, wherever it sits, and a partial one gets 1e-38 even when
+    it ends a chunk exactly (8 blocks = two chunks of 4). Decoding must also stop at a last
+    chunk made of whole blocks (512 values = two full chunks).
+    """
+    from qlora_lab.quant import nf4
+
+    monkeypatch.setattr(nf4, "CHUNK_ELEMENTS", 256)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    x[3 * 64 : 4 * 64] = 0.0
+    x[(math.ceil(n / 64) - 1) * 64 :] = 0.0
+    packed, state = quantize_4bit(x, "nf4", 64, double_quant=False)
+    bnb_packed, bnb_state = F.quantize_4bit(x, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed, bnb_packed) and torch.equal(state.absmax, bnb_state.absmax)
+    assert torch.equal(dequantize_4bit(packed, state), F.dequantize_4bit(bnb_packed, bnb_state).reshape(-1))
+
+
+def test_each_value_is_coded_and_decoded_once(monkeypatch):
+    """Chunks tile the tensor without overlap: the lookups see n values (plus the odd-count pad), not more."""
+    from qlora_lab.quant import nf4
+
+    monkeypatch.setattr(nf4, "CHUNK_ELEMENTS", 256)
+    seen = {"coded": 0, "decoded_bytes": 0}
+    real_nearest, real_decode = nf4.nearest_code, nf4.decode_4bit
+
+    def counting_nearest(values, code):
+        seen["coded"] += values.numel()
+        return real_nearest(values, code)
+
+    def counting_decode(packed, code, out=None):
+        seen["decoded_bytes"] += packed.numel()
+        return real_decode(packed, code, out)
+
+    monkeypatch.setattr(nf4, "nearest_code", counting_nearest)
+    monkeypatch.setattr(nf4, "decode_4bit", counting_decode)
+    n = 64 * 9 + 33  # 10 blocks: chunks of 4, 4 and 2 blocks; odd, so one padding lookup
+    packed, state = quantize_4bit(torch.randn(n, generator=torch.Generator().manual_seed(1)), "nf4", 64, False)
+    assert seen["coded"] == 10 * 64 + 1  # every block once (the last one zero-padded), plus the pad of the odd count
+    dequantize_4bit(packed, state)
+    assert seen["decoded_bytes"] == math.ceil(n / 2) == packed.numel()
+
+
+def test_unknown_quant_type_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"^unknown quant_type 'nf5': expected one of "):
+        quantize_4bit(torch.ones(64), "nf5")
