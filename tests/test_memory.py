@@ -402,3 +402,34 @@ def test_estimator_is_within_10_percent_of_the_1b_measurement():
         estimate = memory.training_memory(shape, method, seq_len=512, r=result["lora_r"])
         assert estimate.total == pytest.approx(measured["measured_peak_bytes"], rel=0.10), method
         assert estimate.weights == pytest.approx(measured["measured_breakdown"]["weights"], rel=0.01), method
+
+
+def _saved_and_estimated(layers: int, attention: str, checkpointing: bool, seq_len: int = 48, batch: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).train()
+    model.set_attn_implementation(attention)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    ids = torch.randint(0, 1000, (batch, seq_len))
+    return (measured_memory.saved_activation_bytes(model, ids),
+            memory.activation_bytes(ModelShape.from_config(config), seq_len, batch, checkpointing, attention))
+
+
+def test_with_checkpointing_one_more_layer_keeps_only_its_bf16_input():
+    """Checkpointed, a layer keeps its input alone: 2 bytes · s·b·h, measured exactly (48·2·128·2 = 24 576)."""
+    (measured_1, estimated_1), (measured_2, estimated_2) = (_saved_and_estimated(n, "sdpa", True) for n in (1, 2))
+    assert measured_2 - measured_1 == 2 * 48 * 2 * 128 == estimated_2 - estimated_1
+
+
+def test_one_more_layer_adds_the_measured_bytes_of_a_layer():
+    """What one decoder layer saves, measured as the difference between a 2-layer and a 1-layer
+    model (batch 2, so that s·b and s² are told apart): the formula's coefficients (24·s·b·h +
+    8·s·b·ff + 6·a·s²·b, eager attention: all three terms) must hold to 1 %, where a coefficient
+    one too large is 2-6 % off."""
+    per_layer = [_saved_and_estimated(n, "eager", False) for n in (1, 2)]
+    (measured_1, estimated_1), (measured_2, estimated_2) = per_layer
+    assert estimated_2 - estimated_1 == pytest.approx(measured_2 - measured_1, rel=0.01)
