@@ -16,15 +16,15 @@ def test_09_1_reads_the_measured_1b_peaks():
 
 
 def _longest_power_of_two(checkpointing: bool) -> int:
-    """Doubling from 128 tokens while the estimate of CodeLlama-13B QLoRA stays within 16 GB."""
+    """Doubling from 128 tokens while the estimate of CodeLlama-13B QLoRA stays within 16 GiB."""
     n = 128
     while n < 8192 and memory.training_memory(memory.CODELLAMA["13B"], "qlora", seq_len=2 * n,
-                                              gradient_checkpointing=checkpointing).total <= 16e9:
+                                              gradient_checkpointing=checkpointing).total <= 16 * 2**30:
         n *= 2
     return n
 
 
-def test_09_2_longest_sequence_on_16_gb():
+def test_09_2_longest_sequence_on_16_gib():
     avec, sans = _longest_power_of_two(True), _longest_power_of_two(False)
     assert sans < avec  # checkpointing frees activations
     assert verifier("09.2", {"avec": avec, "sans": sans}).juste
@@ -32,9 +32,9 @@ def test_09_2_longest_sequence_on_16_gb():
 
 
 def test_09_3_fsdp_cards_for_70b():
-    def fewest(gb):  # smallest N whose per-GPU estimate plus the headroom fits the card
+    def fewest(gib):  # smallest N whose per-GPU estimate plus the headroom (in GB) fits a card of `gib` GiB
         return next(n for n in range(1, 65) if multi_gpu.per_device_memory(
-            memory.CODELLAMA["70B"], "qlora", "fsdp", n).total / 1e9 + multi_gpu.RUNTIME_HEADROOM_GB <= gb)
+            memory.CODELLAMA["70B"], "qlora", "fsdp", n).total + multi_gpu.RUNTIME_HEADROOM_GB * 1e9 <= gib * 2**30)
 
     answer = {16: fewest(16), 40: fewest(40)}
     assert answer[16] > answer[40] >= 1

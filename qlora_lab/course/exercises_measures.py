@@ -13,8 +13,8 @@ from qlora_lab.course.self_check import Checker, exact, numeric, parts
 from qlora_lab.sizing import memory, multi_gpu
 
 MEMORY_SCALE_FILE = "memory_scale_cpu.json"
-GPU_GB = 16  # 09.2: a 16 GB card (10⁹ bytes, as the chapter's tables)
-CARD_SIZES_GB = (16, 40)  # 09.3
+GPU_GIB = 16  # 09.2: a card sold as "16 GB" holds 16 GiB (2³⁰ bytes)
+CARD_SIZES_GIB = (16, 40)  # 09.3
 
 
 def measured_saving() -> float:
@@ -23,22 +23,25 @@ def measured_saving() -> float:
     return 1 - modes["qlora"]["measured_peak_bytes"] / modes["lora"]["measured_peak_bytes"]
 
 
-def longest_sequence(gradient_checkpointing: bool, size: str = "13B", gpu_gb: float = GPU_GB) -> int | None:
-    """09.2: the longest of `SEQ_LENS` whose estimated QLoRA training of CodeLlama-`size` fits in `gpu_gb`."""
+def longest_sequence(gradient_checkpointing: bool, size: str = "13B", gpu_gib: float = GPU_GIB) -> int | None:
+    """09.2: the longest of `SEQ_LENS` whose estimated QLoRA training of CodeLlama-`size` fits in `gpu_gib`."""
     fitting = [n for n in SEQ_LENS if memory.training_memory(
         memory.CODELLAMA[size], "qlora", seq_len=n, batch=1,
-        gradient_checkpointing=gradient_checkpointing).total <= gpu_gb * 1e9]
+        gradient_checkpointing=gradient_checkpointing).total <= gpu_gib * memory.GIB]
     return max(fitting) if fitting else None
 
 
-def fsdp_cards(gpu_gb: float, size: str = "70B") -> int | None:
-    """09.3: the fewest `gpu_gb` cards that hold CodeLlama-`size` in FSDP-QLoRA (default headroom)."""
-    return multi_gpu.devices_needed(memory.CODELLAMA[size], "qlora", "fsdp", gpu_gb)
+def fsdp_cards(gpu_gib: float, size: str = "70B") -> int | None:
+    """09.3: the fewest `gpu_gib` GiB cards that hold CodeLlama-`size` in FSDP-QLoRA (default headroom).
+
+    `devices_needed` counts cards in GB (10⁹ bytes): a GiB card is `gpu_gib * GIB / 1e9` of them.
+    """
+    return multi_gpu.devices_needed(memory.CODELLAMA[size], "qlora", "fsdp", gpu_gib * memory.GIB / 1e9)
 
 
 EXERCISES: dict[str, Checker] = {
     "09.1": numeric(measured_saving, rtol=0.02),
     "09.2": parts({"avec": exact(lambda: longest_sequence(True)),
                    "sans": exact(lambda: longest_sequence(False))}),
-    "09.3": parts({g: exact(lambda g=g: fsdp_cards(g)) for g in CARD_SIZES_GB}),
+    "09.3": parts({g: exact(lambda g=g: fsdp_cards(g)) for g in CARD_SIZES_GIB}),
 }
