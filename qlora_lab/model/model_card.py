@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from qlora_lab.french import nombre
 from qlora_lab.model import corpus
 from qlora_lab.model.models import load_model
 from qlora_lab.model.validation import evaluate_texts
@@ -25,7 +26,7 @@ def measure_quality(model_dir: Path) -> dict[str, float]:
     return quality
 
 
-def model_card(summary: dict, curve: list[dict], quality: dict[str, float], size_mb: float) -> str:
+def model_card(summary: dict, curve: list[dict], quality: dict[str, float], size_mib: float) -> str:
     """The README.md of the shipped model (French: students read it)."""
     cfg = summary["config"]
     evals = [row for row in curve if row.get("val_bits_per_byte") is not None]
@@ -68,7 +69,7 @@ tokenizer = AutoTokenizer.from_pretrained("qlora_lab/assets/mini-codellama")
 | MLP SwiGLU (intermediate_size) | {cfg["intermediate_size"]} |
 | contexte | {cfg["seq_len"]} tokens |
 | tokenizer | BPE au niveau de l'octet, {cfg["vocab_size"]} tokens (`<unk>`, `<s>`, `</s>`, `<pad>` = 0..3) |
-| poids | bf16, `model.safetensors`, {size_mb:.1f} Mo pour tout le dossier |
+| poids | bf16, `model.safetensors`, {nombre(size_mib, 1)} Mio pour tout le dossier |
 
 `hidden_size` et `intermediate_size` sont des multiples de 64 : les noyaux CPU 4 bits de
 bitsandbytes l'exigent (et chaque `out_features` est divisible par 32).
@@ -132,6 +133,6 @@ def write_model_card(model_dir: Path) -> dict[str, float]:
     quality = summary.get("quality_bits_per_byte") or measure_quality(model_dir)
     summary["quality_bits_per_byte"] = quality
     (model_dir / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    size_mb = sum(p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md") / 2**20
-    (model_dir / "README.md").write_text(model_card(summary, curve, quality, size_mb), encoding="utf-8")
+    size_mib = sum(p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md") / 2**20
+    (model_dir / "README.md").write_text(model_card(summary, curve, quality, size_mib), encoding="utf-8")
     return quality
