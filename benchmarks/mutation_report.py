@@ -69,6 +69,29 @@ def carried_over(entry: dict, date: str) -> dict:
     return entry
 
 
+def rerun_survivors(entry: dict, codes: dict, previous_diffs: dict[str, str]) -> dict | None:
+    """A carried-over module whose earlier survivors, and nothing else, were rerun today.
+
+    Each earlier survivor is matched to today's mutant with the same diff (names shift when
+    the source changes); a killed one moves to *killed*, a surviving one keeps today's name.
+    None when today's verdicts are not all such reruns (then the module counts as run today).
+    """
+    checked = {name: code for name, code in codes.items() if code is not None}
+    by_diff = {mutant_diff(name): name for name in checked}
+    survivors = entry["surviving_gaps"] + list(entry["equivalent_mutants"])
+    matched = {old: by_diff.get(previous_diffs.get(old, "")) for old in survivors}
+    extra = sorted(set(checked) - set(matched.values()))  # rerun today, not an earlier survivor
+    if not any(matched.values()):
+        return None
+    killed = [old for old, new in matched.items() if new and STATUS.get(checked[new]) != "survived"]
+    still = sorted((new or old) for old, new in matched.items() if old not in killed)
+    entry = dict(entry, killed=entry["killed"] + len(killed), survived=len(still), surviving_gaps=still,
+                 equivalent_mutants={}, survivors_rerun=len([n for n in matched.values() if n]),
+                 survivors_killed_now=len(killed), rerun_names=sorted(checked),
+                 extra_rerun={name: STATUS.get(checked[name], "suspicious") for name in extra})
+    return entry
+
+
 def collect(previous: dict) -> dict[str, dict]:
     modules = {}
     samples = json.loads(SAMPLES_FILE.read_text()) if SAMPLES_FILE.exists() else {}
@@ -78,6 +101,11 @@ def collect(previous: dict) -> dict[str, dict]:
         before = previous["modules"].get(relative, {})
         if not any(c is not None for c in codes.values()) and before.get("run"):
             modules[relative] = carried_over(before, previous["date"])
+            continue
+        rerun = (rerun_survivors(before, codes, previous["diffs"])
+                 if before.get("carried_over_from") else None)
+        if rerun is not None:
+            modules[relative] = carried_over(rerun, previous["date"])
             continue
         if not codes:
             modules[relative] = {"total": 0, "run": False}
@@ -162,7 +190,14 @@ def notes(modules: dict[str, dict], session_notes: list[str]) -> list[str]:
     for relative, m in modules.items():
         if m.get("carried_over_from"):
             changed = source_changes_since(relative, m["carried_over_from"])
-            lines.append(f"- {relative}: not rerun in this session; counts from the run of {m['carried_over_from']} "
+            rerun = (f"; only its {m['survivors_rerun']} survivors of that run were rerun in this session (matched "
+                     f"to today's mutants by their diff), {m['survivors_killed_now']} of them now killed"
+                     if m.get("survivors_rerun") else "")
+            if m.get("extra_rerun"):
+                rerun += ("; also run, outside these counts (mutants of today's source near those lines): "
+                          + ", ".join(f"`{n.rsplit('.', 1)[-1]}` {v}" for n, v in m["extra_rerun"].items()))
+            lines.append(f"- {relative}: {'partly' if rerun else 'not'} rerun in this session; counts from the run "
+                         f"of {m['carried_over_from']}{rerun} "
                          "(survivors re-split with today's list of equivalent mutants)"
                          + (f"; its source changed since ({changed}): new or changed code there is not covered by "
                             "these counts." if changed else "; its source has not changed since."))
@@ -195,8 +230,9 @@ def main() -> None:
     carried = tuple("qlora_lab." + r.removesuffix(".py").replace("/", ".") + "."
                     for r, m in modules.items() if m.get("carried_over_from"))
     # a carried-over module's mutants may not match today's source: keep the diffs shown then
+    rerun_today = {n for m in modules.values() for n in m.get("rerun_names", [])}
     diffs = {name: previous["diffs"][name] if name.startswith(carried) and name in previous["diffs"]
-             else mutant_diff(name) for name in names}
+             and name not in rerun_today else mutant_diff(name) for name in names}
     OUT.mkdir(parents=True, exist_ok=True)
     report = {"tool": f"mutmut {mutmut_version()}", "modules": modules, "notes": session_notes,
               "diffs": diffs, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -498,3 +498,8 @@ def test_each_value_is_coded_and_decoded_once(monkeypatch):
 def test_unknown_quant_type_is_named_in_the_error():
     with pytest.raises(ValueError, match=r"^unknown quant_type 'nf5': expected one of "):
         quantize_4bit(torch.ones(64), "nf5")
+
+
+def test_codebook_names_an_unknown_quant_type():
+    with pytest.raises(ValueError, match=r"^unknown quant_type 'nf5': expected one of \('nf4', 'fp4', 'int4'\)$"):
+        codebook("nf5")
