@@ -88,7 +88,9 @@ def rerun_survivors(entry: dict, codes: dict, previous_diffs: dict[str, str]) ->
     entry = dict(entry, killed=entry["killed"] + len(killed), survived=len(still), surviving_gaps=still,
                  equivalent_mutants={}, survivors_rerun=len([n for n in matched.values() if n]),
                  survivors_killed_now=len(killed), rerun_names=sorted(checked),
-                 extra_rerun={name: STATUS.get(checked[name], "suspicious") for name in extra})
+                 extra_rerun={name: STATUS.get(checked[name], "suspicious")
+                              + (" (equivalent: see benchmarks/mutation_equivalent.json)" if name in EQUIVALENT else "")
+                              for name in extra})
     return entry
 
 
@@ -194,7 +196,7 @@ def notes(modules: dict[str, dict], session_notes: list[str]) -> list[str]:
                      f"to today's mutants by their diff), {m['survivors_killed_now']} of them now killed"
                      if m.get("survivors_rerun") else "")
             if m.get("extra_rerun"):
-                rerun += ("; also run, outside these counts (mutants of today's source near those lines): "
+                rerun += ("; also run, outside these counts (other mutants of today's source run in this session): "
                           + ", ".join(f"`{n.rsplit('.', 1)[-1]}` {v}" for n, v in m["extra_rerun"].items()))
             lines.append(f"- {relative}: {'partly' if rerun else 'not'} rerun in this session; counts from the run "
                          f"of {m['carried_over_from']}{rerun} "
