@@ -41,16 +41,11 @@ LORA_R = 16  # the estimator's default rank
 
 def write_random_model(shape: ModelShape, folder: Path, device: str) -> None:
     """A random-init Llama of `shape` in bf16, saved with the embedded model's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    config = LlamaConfig(**shape.llama_config_kwargs(), max_position_embeddings=4096, dtype="bfloat16")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    from qlora_lab.finetune.compare import build_random_model
+
+    model = build_random_model(shape, "lora", device)  # bf16 weights; each mode quantizes on load
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR).save_pretrained(folder)
 

@@ -59,11 +59,15 @@ def compare_modes(modes: tuple[str, ...] = MODES, steps: int = 20, output_dir: s
 
 # --- random-init shapes: one training step, measured -----------------------------------------
 
-def build_random_model(shape: str, mode: str, device: torch.device):
-    """A Llama of `shape` with random bf16 weights; for qlora its block linears become NF4+DQ."""
+def build_random_model(shape: str | ModelShape, mode: str, device: torch.device | str = "cpu", seed: int | None = None):
+    """A Llama of `shape` (a ModelShape or a SHAPES name) with random bf16 weights, no download;
+    for qlora its block linears become NF4+DQ. The one builder of the random-init benchmarks."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[shape].llama_config_kwargs(), max_position_embeddings=4096)
+    spec = SHAPES[shape] if isinstance(shape, str) else shape
+    config = LlamaConfig(**spec.llama_config_kwargs(), max_position_embeddings=4096)
+    if seed is not None:
+        torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -72,7 +76,7 @@ def build_random_model(shape: str, mode: str, device: torch.device):
     finally:
         torch.set_default_dtype(previous)
     if mode == "qlora":
-        quantize_block_linears(model, device)
+        quantize_block_linears(model, torch.device(device))
     return model
 
 

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from qlora_lab.finetune.compare import quantize_block_linears
+from qlora_lab.finetune.compare import build_random_model
 from qlora_lab.model.llama_shapes import ModelShape
 
 # A ~1B Llama: TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, vocab 32000).
@@ -33,20 +33,10 @@ def random_llama(shape: ModelShape, quantization: str = "none", seed: int = 0):
 
     Random weights decode exactly as fast as trained ones: the same bytes and FLOPs per token.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     if quantization not in ("none", "nf4"):
         raise ValueError(f"quantization={quantization!r}: choose 'none' (bf16) or 'nf4'")
-    config = LlamaConfig(**shape.llama_config_kwargs(), max_position_embeddings=2048)
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_random_model(shape, "qlora" if quantization == "nf4" else "lora", "cpu", seed=seed)
     if quantization == "nf4":
-        quantize_block_linears(model, torch.device("cpu"))
         model.is_loaded_in_4bit = True  # as transformers marks it: PEFT then wraps Linear4bit with its bnb layer
     return model.eval()
 
