@@ -21,13 +21,7 @@ from qlora_lab.quant.nf4 import quantize_4bit
 F = import_bnb().functional
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: a second thread only adds synchronisation on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_dynamic_map_equals_bitsandbytes():

@@ -6,7 +6,6 @@ import math
 import random
 
 import pytest
-import torch
 
 from qlora_lab.course import exercises_finetuning as ex
 from qlora_lab.course.self_check import verifier
@@ -34,19 +33,14 @@ def test_08_1_rates_match_the_cosine_schedule_by_hand():
     assert verifier("08.1", stopped_halfway).status == "partiel"
 
 
-def test_08_1_learning_rate_at_matches_a_real_training_loop_log(tmp_path):
+def test_08_1_learning_rate_at_matches_a_real_training_loop_log(tmp_path, single_thread):
     """A 4-step run of the recipe (tiny batches): the rates the loop logs are `learning_rate_at`'s."""
     from qlora_lab.finetune.loop import finetune
 
     steps = 4
     config = FinetuneConfig.for_data("functions", max_steps=steps, batch_size=2, seq_len=32, eval_every=0,
                                      save_every=0, output_dir=str(tmp_path / "run"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        logged = [row["lr"] for row in finetune(config).metrics]
-    finally:
-        torch.set_num_threads(threads)
+    logged = [row["lr"] for row in finetune(config).metrics]
     assert logged == pytest.approx([ex.learning_rate_at(s, steps) for s in range(1, steps + 1)], rel=1e-9)
     assert logged == pytest.approx([cosine_by_hand(s, config) for s in range(1, steps + 1)], rel=1e-9, abs=1e-12)
 

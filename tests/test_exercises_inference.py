@@ -13,13 +13,7 @@ from qlora_lab.course.self_check import verifier
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR, EMBEDDED_MODEL_DIR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_threaded():
-    """One thread: small tensors, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_12_1_ceilings_and_shares_from_the_saved_json():

@@ -12,16 +12,7 @@ from qlora_lab.course.self_check import verifier
 from qlora_lab.paths import BENCHMARK_RESULTS_DIR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _eager_single_threaded():
-    """One thread (small matrices, busy machine); bitsandbytes' compiled CPU kernels run eagerly."""
-    import torch._dynamo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch._dynamo.config.patch(disable=True):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_single_thread")
 
 
 def test_11_1_bits_per_byte_and_rankings_from_the_saved_json():

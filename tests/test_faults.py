@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import qlora_lab.finetune.atomic as atomic
 from process_helpers import TIMEOUT_S
@@ -44,13 +43,7 @@ class Crash(BaseException):
     """A process dying: no `except Exception` and no Ctrl-C handler catches it."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is as fast, and two threads on a busy 2-core machine wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,7 @@ from qlora_lab.quant.gptq import output_error, rtn_quantize
 from qlora_lab.quant.llm_int8 import decomposition_error, int8_matmul, outlier_columns, to_linear8bitlt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _eager_single_threaded():
-    """Small matrices: one thread (a second only adds synchronisation on a busy 2-core machine),
-    and bitsandbytes' torch.compile'd fallback kernels run eagerly (compiling costs seconds, changes nothing)."""
-    import torch._dynamo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch._dynamo.config.patch(disable=True):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_single_thread")
 
 
 def activations(n: int, features: int, outlier_dims: tuple[int, ...], size: float, seed: int = 0) -> torch.Tensor:

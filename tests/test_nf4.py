@@ -28,22 +28,7 @@ from qlora_lab.quant.codes import nearest_code, nearest_code_bucketize, pack_4bi
 F = import_bnb().functional
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _eager_single_threaded_bitsandbytes():
-    """Keep these many small checks fast on a shared 2-core machine.
-
-    bnb's pure-PyTorch fallback kernels are wrapped in torch.compile: compiling them for
-    every new shape costs seconds and changes no result, so they run eagerly here. And
-    on tensors this small, a second thread only adds synchronisation (20x slower when the
-    cores are busy), so the module runs single-threaded; results do not depend on it.
-    """
-    import torch._dynamo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch._dynamo.config.patch(disable=True):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_single_thread")
 
 
 def _bnb_reference_dequantize(packed: torch.Tensor, state) -> torch.Tensor:

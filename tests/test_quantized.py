@@ -23,15 +23,7 @@ from qlora_lab.quant.nf4 import dequantize_4bit, quantize_4bit
 TEXT = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    x: int = 0\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _eager_single_threaded():
-    import torch._dynamo
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch._dynamo.config.patch(disable=True):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("eager_single_thread")
 
 
 @pytest.fixture(scope="module")
