@@ -171,8 +171,14 @@ def _escape(text: str) -> str:
 
 
 def progression(iterable: Iterable | None = None, desc: str = "", total: int | None = None, unit: str = "pas", **kwargs: Any):
-    """A tqdm progress bar with French labels (tqdm.auto: a widget in JupyterLab, text elsewhere)."""
+    """A tqdm progress bar with French labels (tqdm.auto: a widget in JupyterLab, text elsewhere).
+
+    At most one redraw a second by default: in a notebook every redraw is a widget message, and
+    a flood of them overflows the kernel's IOPub queue, which then drops the end of the cell.
+    """
     from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 1.0)
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, **kwargs)
 

@@ -256,8 +256,10 @@ def train(run: Run, callbacks: list[Callback]) -> bool:
     from tqdm.auto import tqdm
 
     reset_peak_memory(run.device)
+    # At most one redraw a second: in a notebook each redraw is a widget message, and a flood of
+    # them (one per step) overflows the kernel's IOPub queue, which then drops the cell's end.
     bar = tqdm(total=run.steps, initial=run.start_step, desc=f"affinage {run.config.mode}", unit="pas",
-               disable=not run.is_main)
+               disable=not run.is_main, mininterval=1.0)
     try:
         with MetricsLog(run.output_dir, enabled=run.is_main) as log:
             while run.step < run.steps and not run.stop.requested:
@@ -268,7 +270,7 @@ def train(run: Run, callbacks: list[Callback]) -> bool:
                 if run.is_main:
                     run.rows.append(row)
                 bar.update(1)
-                bar.set_postfix(perte=f"{row['loss']:.3f}")
+                bar.set_postfix(perte=f"{row['loss']:.3f}", refresh=False)
                 for callback in callbacks:
                     callback(row)
                 if due(run.config.save_every, run):

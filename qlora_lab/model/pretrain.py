@@ -263,7 +263,7 @@ def train_until_done(model, tokenizer, cfg: PretrainConfig, output_dir: Path) ->
             progress.lr = learning_rate(max(progress.step / cfg.steps, progress.elapsed / max_seconds), progress.step, cfg)
             train_step(model, optimizer, batch, progress, cfg)
             bar.update(1)
-            bar.set_postfix(loss=f"{progress.running_loss:.3f}", lr=f"{progress.lr:.2e}")
+            bar.set_postfix(loss=f"{progress.running_loss:.3f}", lr=f"{progress.lr:.2e}", refresh=False)
             last = progress.step == cfg.steps
             if progress.step % cfg.eval_every == 0 or last or progress.step == 1:
                 evaluated = progress.step % cfg.eval_every == 0 or last
