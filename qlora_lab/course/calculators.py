@@ -18,12 +18,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from qlora_lab.finetune.config import MODE_LABELS
 from qlora_lab.finetune.lora import lora_params_for_shape
 from qlora_lab.french import Tableau, nombre, octets, pourcentage
 from qlora_lab.model.llama_shapes import CODELLAMA, LLAMA_ALL_LINEAR, ModelShape
 from qlora_lab.sizing.multi_gpu import RUNTIME_HEADROOM_GB, DeviceMemory, per_device_memory
 
-METHOD_LABELS = {"full": "complet", "lora": "LoRA bf16", "qlora": "QLoRA"}
+METHOD_LABELS = MODE_LABELS
 STRATEGY_LABELS = {"ddp": "DDP (une copie par GPU)", "fsdp": "FSDP (modèle partagé)"}
 ITEM_LABELS = {"weights": "poids", "adapters": "adaptateurs", "gradients": "gradients",
                "optimizer": "états de l'optimiseur", "activations": "activations",

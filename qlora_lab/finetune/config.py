@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from qlora_lab.model.llama_shapes import LLAMA_ALL_LINEAR
 
 MODES = ("full", "lora", "qlora")
+MODE_LABELS = {"full": "complet", "lora": "LoRA bf16", "qlora": "QLoRA"}  # what a student reads
 PAGED_OPTIMIZERS = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}  # bnb.optim
 OPTIMIZERS = ("adamw", *PAGED_OPTIMIZERS)
 SCHEDULES = ("cosine", "linear", "constant")

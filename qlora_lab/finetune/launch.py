@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,12 +82,7 @@ def launch(finetune_args: list[str], num_processes: int | None = None, config_fi
     cmd = launch_command(num_processes, finetune_args, config_file)
     print("launching:", shlex.join(cmd), flush=True)
     process = subprocess.Popen(cmd, env=launch_env(num_processes))
-    interrupted = False
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:  # the processes got the Ctrl-C too: the main one saves a checkpoint
-        interrupted = True
-        code = process.wait()
+    code, interrupted = wait_noting_ctrl_c(process)
     saved = last_checkpoint(output_dir) if output_dir else None
     where = f" The last checkpoint is {saved}: continue with --resume." if saved else ""
     if interrupted:
@@ -97,6 +93,27 @@ def launch(finetune_args: list[str], num_processes: int | None = None, config_fi
               f"above names the process (rank) that failed first; the others were stopped. (A 'Timed out' "
               f"error there means another process stopped answering.){where}", file=sys.stderr)
     return code
+
+
+def wait_noting_ctrl_c(process: subprocess.Popen) -> tuple[int, bool]:
+    """Wait for the launcher; (exit code, whether Ctrl-C came meanwhile).
+
+    The processes get the Ctrl-C too (the main one saves a checkpoint), and the launcher then
+    exits with its own code (1 from torchrun's SignalException), so the Ctrl-C is noted here by
+    a handler rather than read from that code or from a KeyboardInterrupt that may land elsewhere.
+    """
+    seen: list[int] = []
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum)) if in_main_thread else None
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # a handler installed by the caller took over: same meaning
+        seen.append(signal.SIGINT)
+        code = process.wait()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return code, bool(seen)
 
 
 def describe_exit(code: int) -> str:

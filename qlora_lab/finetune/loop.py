@@ -33,7 +33,7 @@ from qlora_lab.finetune.atomic import remove_temporaries
 from qlora_lab.finetune.batches import micro_batch, total_steps
 from qlora_lab.finetune.checkpoints import (newest_valid_checkpoint, restore_checkpoint, save_checkpoint,
                                             sigint_ignored)
-from qlora_lab.finetune.config import FinetuneConfig
+from qlora_lab.finetune.config import MODE_LABELS, FinetuneConfig
 from qlora_lab.finetune.data import Example, build_examples, check_source
 from qlora_lab.finetune.diskfull import disk_full_reported
 from qlora_lab.finetune.evaluation import autocast, validation_loss
@@ -258,7 +258,7 @@ def train(run: Run, callbacks: list[Callback]) -> bool:
     reset_peak_memory(run.device)
     # At most one redraw a second: in a notebook each redraw is a widget message, and a flood of
     # them (one per step) overflows the kernel's IOPub queue, which then drops the cell's end.
-    bar = tqdm(total=run.steps, initial=run.start_step, desc=f"affinage {run.config.mode}", unit="pas",
+    bar = tqdm(total=run.steps, initial=run.start_step, desc=f"affinage {MODE_LABELS[run.config.mode]}", unit="pas",
                disable=not run.is_main, mininterval=1.0)
     try:
         with MetricsLog(run.output_dir, enabled=run.is_main) as log:
