@@ -204,7 +204,7 @@ def test_only_the_main_process_writes_and_reports(two_processes):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{SAVE_EVERY:06d}", f"step-{STEPS:06d}"]
     assert len(read_metrics(out)) == STEPS  # one line per step, not one per process
     assert proc.stdout.count("validation loss") == 1
-    assert proc.stderr.count("affinage qlora:   0%") == 1  # one progress bar
+    assert proc.stderr.count("affinage QLoRA:   0%") == 1  # one progress bar
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(two_processes, one_process):
