@@ -32,9 +32,9 @@ def test_09_2_longest_sequence_on_16_gib():
 
 
 def test_09_3_fsdp_cards_for_70b():
-    def fewest(gib):  # smallest N whose per-GPU estimate plus the headroom (in GB) fits a card of `gib` GiB
+    def fewest(gib):  # smallest N whose per-GPU estimate plus the headroom (GiB) fits a card of `gib` GiB
         return next(n for n in range(1, 65) if multi_gpu.per_device_memory(
-            memory.CODELLAMA["70B"], "qlora", "fsdp", n).total + multi_gpu.RUNTIME_HEADROOM_GB * 1e9 <= gib * 2**30)
+            memory.CODELLAMA["70B"], "qlora", "fsdp", n).total + multi_gpu.RUNTIME_HEADROOM_GIB * 2**30 <= gib * 2**30)
 
     answer = {16: fewest(16), 40: fewest(40)}
     assert answer[16] > answer[40] >= 1

@@ -22,7 +22,8 @@ from qlora_lab.finetune.config import MODE_LABELS
 from qlora_lab.finetune.lora import lora_params_for_shape
 from qlora_lab.french import Tableau, nombre, octets, pourcentage
 from qlora_lab.model.llama_shapes import CODELLAMA, LLAMA_ALL_LINEAR, ModelShape
-from qlora_lab.sizing.multi_gpu import RUNTIME_HEADROOM_GB, DeviceMemory, per_device_memory
+from qlora_lab.sizing.memory import GIB, GPU_SIZES_GIB, smallest_gpu_that_fits
+from qlora_lab.sizing.multi_gpu import RUNTIME_HEADROOM_GIB, DeviceMemory, per_device_memory
 
 METHOD_LABELS = MODE_LABELS
 STRATEGY_LABELS = {"ddp": "DDP (une copie par GPU)", "fsdp": "FSDP (modèle partagé)"}
@@ -31,7 +32,6 @@ ITEM_LABELS = {"weights": "poids", "adapters": "adaptateurs", "gradients": "grad
                "buckets": "tampons de gradients (DDP)", "gathered": "couches rassemblées (FSDP)"}
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-GPU_SIZES_GIB = (8, 12, 16, 24, 40, 48, 80, 141)  # common cards: RTX 4060 … A100/H100 80, H200 141
 EMBEDDED = "mini CodeLlama (le modèle du cours)"
 ADAPTER_BYTES_PER_PARAM = 4  # PEFT trains and saves adapters in fp32 by default
 
@@ -51,14 +51,13 @@ def memory_per_device(size: str = "7B", method: str = "qlora", seq_len: int = 51
     return per_device_memory(CODELLAMA[size], method, strategy, n_devices, seq_len=seq_len, batch=batch)
 
 
-def smallest_gpu_gib(total_bytes: float, headroom_gb: float = RUNTIME_HEADROOM_GB) -> int | None:
+def smallest_gpu_gib(total_bytes: float, headroom_gib: float = RUNTIME_HEADROOM_GIB) -> int | None:
     """The smallest card of GPU_SIZES_GIB holding `total_bytes` plus the runtime headroom, or None.
 
     The headroom (CUDA context, allocator, transient tensors: no formula counts them) is
-    the estimator's rule of thumb, `qlora_lab.sizing.multi_gpu.RUNTIME_HEADROOM_GB`.
+    the estimator's rule of thumb, `qlora_lab.sizing.multi_gpu.RUNTIME_HEADROOM_GIB`.
     """
-    need = total_bytes + headroom_gb * 1e9
-    return next((g for g in GPU_SIZES_GIB if need <= g * 2**30), None)
+    return smallest_gpu_that_fits(total_bytes + headroom_gib * GIB, GPU_SIZES_GIB)
 
 
 def memory_rows(mem: DeviceMemory) -> list[dict[str, Any]]:
@@ -75,7 +74,7 @@ def memory_verdict(mem: DeviceMemory) -> str:
     if gpu is None:
         return (f"{octets(mem.total)} par GPU : trop pour un GPU de {GPU_SIZES_GIB[-1]} Gio ; "
                 "ajoutez des GPU (FSDP), raccourcissez les séquences ou passez à QLoRA.")
-    return (f"{octets(mem.total)} par GPU, plus ≈ {octets(RUNTIME_HEADROOM_GB * 1e9)} de marge (contexte CUDA…) : "
+    return (f"{octets(mem.total)} par GPU, plus ≈ {octets(RUNTIME_HEADROOM_GIB * GIB)} de marge (contexte CUDA…) : "
             f"tient {where} de {gpu} Gio ou plus.")
 
 

@@ -32,11 +32,8 @@ def longest_sequence(gradient_checkpointing: bool, size: str = "13B", gpu_gib: f
 
 
 def fsdp_cards(gpu_gib: float, size: str = "70B") -> int | None:
-    """09.3: the fewest `gpu_gib` GiB cards that hold CodeLlama-`size` in FSDP-QLoRA (default headroom).
-
-    `devices_needed` counts cards in GB (10⁹ bytes): a GiB card is `gpu_gib * GIB / 1e9` of them.
-    """
-    return multi_gpu.devices_needed(memory.CODELLAMA[size], "qlora", "fsdp", gpu_gib * memory.GIB / 1e9)
+    """09.3: the fewest `gpu_gib` GiB cards that hold CodeLlama-`size` in FSDP-QLoRA (default headroom)."""
+    return multi_gpu.devices_needed(memory.CODELLAMA[size], "qlora", "fsdp", gpu_gib)
 
 
 EXERCISES: dict[str, Checker] = {

@@ -5,7 +5,7 @@
     training_memory(CODELLAMA["7B"], "qlora", seq_len=512)   # itemised bytes
 
 Training memory = weights + adapters + gradients + optimizer states + activations
-(+ the framework's own overhead, which no formula knows: CUDA context ~0.3–1 GB).
+(+ the framework's own overhead, which no formula knows: CUDA context ~0.3–1 GiB).
 Per GPU under DDP or FSDP: `qlora_lab.sizing.multi_gpu`.
 The activation coefficients below were measured on transformers' Llama with
 `torch.autograd.graph.saved_tensors_hooks` (`qlora_lab.hardware.measured_memory.saved_activation_bytes`);
@@ -31,6 +31,9 @@ METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 
 ADAMW_STATE_BYTES = 8  # two fp32 moments (m, v) per trained parameter
 GIB = 2**30
+# Common GPU memory sizes in GiB: a card sold as "24 GB" holds 24 GiB (24 * 2**30 bytes).
+# RTX 4060 8, RTX 3060 12, RTX 4080 16, RTX 3090/4090 24, A100 40, L40S 48, A100/H100 80, H200 141.
+GPU_SIZES_GIB: tuple[int, ...] = (8, 12, 16, 24, 40, 48, 80, 141)
 NF4_CODE_BITS = 4  # one 4-bit code per weight; absmax and double-quant state come on top
 
 
@@ -208,9 +211,12 @@ def training_memory(
     return TrainingMemory(method, base, 4.0 * n_adapter, 4.0 * n_adapter, optimizer_state_bytes * n_adapter, activations)
 
 
-def smallest_gpu_that_fits(total_bytes: float, sizes_gb: Iterable[float] = (8, 12, 16, 24, 40, 48, 80)) -> float | None:
-    """The smallest common GPU memory size (GB = 1e9 bytes) holding `total_bytes`, or None."""
-    for size in sorted(sizes_gb):
-        if total_bytes <= size * 1e9:
+def smallest_gpu_that_fits(total_bytes: float, sizes_gib: Iterable[float] = GPU_SIZES_GIB) -> float | None:
+    """The smallest card of `sizes_gib` holding `total_bytes`, or None.
+
+    Sizes are in GiB (2**30 bytes), the course's one unit: a card sold as "24 GB" holds 24 GiB.
+    """
+    for size in sorted(sizes_gib):
+        if total_bytes <= size * GIB:
             return size
     return None

@@ -3,7 +3,7 @@
     from qlora_lab.sizing.memory import CODELLAMA
     from qlora_lab.sizing.multi_gpu import per_device_memory, devices_needed
     per_device_memory(CODELLAMA["70B"], "qlora", "fsdp", n_devices=4)  # per GPU
-    devices_needed(CODELLAMA["70B"], "qlora", "fsdp", gpu_gb=24)       # how many GPUs
+    devices_needed(CODELLAMA["70B"], "qlora", "fsdp", gpu_gib=24)      # how many 24 GiB GPUs
 
 Built on the single-GPU estimate of `qlora_lab.sizing.memory`: data-parallel runs add
 what each GPU holds for the others, DDP's gradient buckets and FSDP's all-gathered layers.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from qlora_lab.finetune.lora import LLAMA_ALL_LINEAR
-from qlora_lab.sizing.memory import (ADAMW_STATE_BYTES, NF4_CODE_BITS, ModelShape, TrainingMemory,
+from qlora_lab.sizing.memory import (ADAMW_STATE_BYTES, GIB, NF4_CODE_BITS, ModelShape, TrainingMemory,
                                      bits_per_linear_weight, training_memory)
 
 Strategy = Literal["single", "ddp", "fsdp"]
@@ -25,12 +25,12 @@ STRATEGIES: tuple[str, ...] = ("single", "ddp", "fsdp")
 # FSDP FULL_SHARD with transformer-layer wrapping: the decoder layer being computed plus the
 # next one, all-gathered ahead of time (Accelerate's fsdp_backward_prefetch: BACKWARD_PRE).
 FSDP_LAYERS_GATHERED = 2
-# What no formula here counts, per process: CUDA context (~0.3–1 GB, outside PyTorch's
-# allocator), NCCL buffers, allocator fragmentation, temporaries inside kernels (a
+# What no formula here counts, per process, in GiB: CUDA context (~0.3–1 GiB, outside
+# PyTorch's allocator), NCCL buffers, allocator fragmentation, temporaries inside kernels (a
 # dequantized bf16 weight); the loss's fp32 logits are counted (`activation_peak_bytes`).
 # A rule of thumb for short sequences, not a measurement: HF PEFT's 70B runs at 4096
-# tokens per GPU sit 6–8 GB above per_device_memory (see its docstring).
-RUNTIME_HEADROOM_GB = 2.0
+# tokens per GPU sit 7.9–9.1 GiB above per_device_memory (see its docstring).
+RUNTIME_HEADROOM_GIB = 2.0
 
 
 def quant_constant_bytes(shape: ModelShape, fmt: str = "nf4-dq") -> float:
@@ -115,7 +115,7 @@ def per_device_memory(
     - single: `training_memory` on one GPU.
     - ddp: every GPU holds a full replica (weights, adapters, gradients, optimizer
       states) and its activations, whatever `n_devices`. Plus the gradient buckets:
-      DDP's reducer copies each trained gradient into flat ~25 MB buffers and
+      DDP's reducer copies each trained gradient into flat ~25 MiB buffers and
       all-reduces a bucket as soon as it is full, overlapping the backward pass, so the
       trained gradients exist twice (`gradient_as_bucket_view=False`, the default of
       PyTorch and Accelerate).
@@ -132,15 +132,15 @@ def per_device_memory(
       their gradients and the optimizer step to CPU RAM (`cpu_offloaded`); the units
       still come to the GPU to be computed.
 
-    Left out (see RUNTIME_HEADROOM_GB): CUDA context, NCCL buffers, fragmentation and
+    Left out (see RUNTIME_HEADROOM_GIB): CUDA context, NCCL buffers, fragmentation and
     temporaries inside kernels, so this is a lower bound. Against HF PEFT's measurement
     (Llama-2-70B FSDP-QLoRA on 2 GPUs, 2 sequences of 2048 tokens per GPU, r=8, gradient
-    checkpointing): this function says 29.7 GB/GPU without CPU offload where 35.6 GB
-    were measured, 11.3 GB with offload where 19.6 GB were measured: 6 to 8 GB missing
-    (how much of it shrinks at fewer tokens per GPU was not measured). For CodeLlama-70B
-    at 512 tokens it says 23.3 GB on 2 GPUs: under 24 GB on paper, by less than what it
-    leaves out, so not a fit to count on; the "70B on two 24 GB GPUs" of Answer.AI and
-    HF PEFT is run with CPU offload.
+    checkpointing; its "GB" read as GiB, book/multi_gpu.md says why): this function says
+    27.7 GiB/GPU without CPU offload where 35.6 were measured, 10.5 GiB with offload where
+    19.6 were measured: 7.9 to 9.1 GiB missing (how much of it shrinks at fewer tokens per
+    GPU was not measured). For CodeLlama-70B at 512 tokens it says 21.7 GiB on 2 GPUs:
+    2.3 GiB left on a 24 GiB card, less than what it leaves out, so not a fit to count on;
+    the "70B on two 24 GB GPUs" of Answer.AI and HF PEFT is run with CPU offload.
 
     Raises:
         ValueError: unknown strategy or method, n_devices < 1, 'single' on several
@@ -167,25 +167,26 @@ def per_device_memory(
 
 
 def devices_needed(
-    shape: ModelShape, method: str, strategy: str, gpu_gb: float, max_devices: int = 64,
-    headroom_gb: float = RUNTIME_HEADROOM_GB, **kwargs,
+    shape: ModelShape, method: str, strategy: str, gpu_gib: float, max_devices: int = 64,
+    headroom_gib: float = RUNTIME_HEADROOM_GIB, **kwargs,
 ) -> int | None:
-    """Smallest number of `gpu_gb` GPUs (GB = 1e9 bytes) that `strategy` fits on, or None.
+    """Smallest number of `gpu_gib` GPUs that `strategy` fits on, or None.
 
-    A GPU fits when `per_device_memory(...).total + headroom_gb` is at most `gpu_gb`.
+    Card and headroom are in GiB (2**30 bytes): a card sold as "24 GB" is `gpu_gib=24`.
+    A GPU fits when `per_device_memory(...).total + headroom_gib` is at most `gpu_gib`.
     DDP's per-GPU memory does not depend on the count: 1 if one replica fits (more GPUs
     add throughput, not memory), else None whatever the count. FSDP: the first count up
     to `max_devices` that fits. `kwargs` go to `per_device_memory` (seq_len, batch, r,
     cpu_offload...).
 
     Raises:
-        ValueError: gpu_gb <= headroom_gb, max_devices < 1, or per_device_memory's.
+        ValueError: gpu_gib <= headroom_gib, max_devices < 1, or per_device_memory's.
     """
-    if gpu_gb <= headroom_gb or headroom_gb < 0:
-        raise ValueError(f"need gpu_gb > headroom_gb >= 0, got gpu_gb={gpu_gb}, headroom_gb={headroom_gb}")
+    if gpu_gib <= headroom_gib or headroom_gib < 0:
+        raise ValueError(f"need gpu_gib > headroom_gib >= 0, got gpu_gib={gpu_gib}, headroom_gib={headroom_gib}")
     if max_devices < 1:
         raise ValueError(f"max_devices must be >= 1, got {max_devices}")
-    budget = (gpu_gb - headroom_gb) * 1e9
+    budget = (gpu_gib - headroom_gib) * GIB
     counts = range(1, max_devices + 1) if strategy == "fsdp" else (1,)
     for n in counts:
         if per_device_memory(shape, method, strategy, n, **kwargs).total <= budget:
