@@ -132,7 +132,7 @@ LLAMA_2_70B = ModelShape("Llama-2-70B", 8192, 28672, 80, 64, 8, 32000)
 # HF PEFT docs (accelerate/fsdp.md, "Memory usage"): Llama-2-70B FSDP-QLoRA on 2 GPUs,
 # max_seq_len 2048, per_device_train_batch_size 2, lora_r 8, gradient checkpointing.
 HF_SETTINGS = dict(seq_len=2048, batch=2, r=8)
-# "19.6 GB" and "35.6 GB/ GPU", unit not stated. Read as GiB: the same author's DeepSpeed page
+# "19.6 GB" and "35.6 GB/ GPU", unit not stated. Read as GiB: the same docs' DeepSpeed page
 # (accelerate/deepspeed.md) gives "64 GB (80%)" on H100 80GB cards, 80 % only in GiB
 # (64 GiB of 80 GiB; 64e9 bytes are 75 % of 80 GiB), and GPU tools count in MiB/GiB.
 HF_MEASURED_GIB = {"offload": 19.6, "no_offload": 35.6}
