@@ -46,6 +46,9 @@ class Limits:
     processes: int = 256
     file_bytes: int = 256 * 2**20
     folder_bytes: int = 512 * 2**20  # size of the working folder and of /tmp (memory-backed)
+    # Compute threads (OpenMP/MKL, so torch's): sandboxes running side by side share the cores;
+    # more threads than cores makes torch's kernels spin against each other (several times slower).
+    threads: int | None = None
 
 
 def readonly_paths() -> list[str]:
@@ -89,6 +92,8 @@ def bwrap_command(limits: Limits, hidden: list[Path], argv: list[str]) -> list[s
            "JUPYTER_RUNTIME_DIR": f"{SANDBOX_HOME}/.jupyter", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.mpl",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache",
            "PYTHONDONTWRITEBYTECODE": "1"}
+    if limits.threads is not None:
+        env |= {"OMP_NUM_THREADS": str(limits.threads), "MKL_NUM_THREADS": str(limits.threads)}
     command += ["--perms", "1777", "--size", size, "--tmpfs", SANDBOX_HOME, "--chdir", SANDBOX_HOME,
                 "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import nbformat
 import pytest
 
 from qlora_lab.grading import grader, report, sandbox
+from qlora_lab.grading import workflow as grading
 from qlora_lab.grading.store import COURSE_ID, REPORT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,6 +373,20 @@ def test_sandbox_isolation_and_limits():
     assert not (PACKAGE / "intrus.txt").exists()
     survivors = subprocess.run(["pgrep", "-f", "sleep 301"], capture_output=True, text=True).stdout.split()
     assert not survivors, "a process of the sandbox outlived it"
+
+
+def test_sandboxes_graded_side_by_side_share_the_cores():
+    """A kernel's torch gets its share of the cores (oversubscribed torch runs several times slower)."""
+    code = "import torch; print(torch.get_num_threads())"
+    for threads in (1, 2):
+        limits = sandbox.Limits(wall_s=60, cpu_s=60, threads=threads)
+        returncode, out, err, _ = sandbox.run_in_sandbox([sys.executable, "-c", code], b"", limits, [])
+        assert returncode == 0, err.decode()
+        assert int(out.decode().split()[-1]) == threads
+    cores = os.cpu_count() or 1
+    assert grading.threads_per_sandbox(1) == cores
+    assert grading.threads_per_sandbox(cores + 3) == 1  # never zero
+    assert grading.threads_per_sandbox(2) * 2 <= max(cores, 2)
 
 
 def test_grading_refuses_in_one_line_without_bwrap(tmp_path, monkeypatch, capsys):

@@ -47,6 +47,7 @@ class LabContext:
     inputs: dict[str, Any]
     timeout_of: Callable[[Any], float]
     hidden: list[Path]
+    threads: int | None = None  # compute threads per sandbox (the cores shared among the copies graded at once)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def run_submission(ctx: LabContext, merged) -> tuple[dict[str, str], str, float,
     """Execute sandboxed and check: (verdicts, review reason, seconds, records by cell index, test cells)."""
     nb, tests = prepare(merged, ctx.checks, ctx.inputs)
     timeouts = [float(ctx.timeout_of(cell)) for cell in nb.cells]
-    run = sandbox.run_notebook(nb, timeouts, ctx.hidden)
+    run = sandbox.run_notebook(nb, timeouts, ctx.hidden, ctx.threads)
     records = {r["index"]: r for r in run.records if 0 <= r["index"] < len(nb.cells)}
     verdicts = {}
     with TRUSTED:

@@ -31,10 +31,13 @@ class SandboxRun:
     detail: str = ""
 
 
-def run_notebook(notebook: dict, timeouts: list[float], hidden: list[Path]) -> SandboxRun:
-    """Execute a prepared notebook in the sandbox (qlora_lab.grading.runner) and parse its report."""
+def run_notebook(notebook: dict, timeouts: list[float], hidden: list[Path], threads: int | None = None) -> SandboxRun:
+    """Execute a prepared notebook in the sandbox (qlora_lab.grading.runner) and parse its report.
+
+    `threads`: compute threads of the kernel (its share of the cores when copies are graded side by side).
+    """
     wall = sum(t for t, c in zip(timeouts, notebook["cells"]) if c["cell_type"] == "code") + 60
-    limits = Limits(wall_s=wall, cpu_s=int(wall * (os.cpu_count() or 1)))
+    limits = Limits(wall_s=wall, cpu_s=int(wall * (os.cpu_count() or 1)), threads=threads)
     job = json.dumps({"notebook": notebook, "timeouts": timeouts}).encode()
     argv = [sys.executable, "-m", "qlora_lab.grading.runner"]
     code, out, err, seconds = run_in_sandbox(argv, job, limits, hidden)

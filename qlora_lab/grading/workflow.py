@@ -102,6 +102,11 @@ def grading_workers() -> int:
     return max(1, int(os.environ.get("QLORA_LAB_GRADING_WORKERS", min(4, os.cpu_count() or 1))))
 
 
+def threads_per_sandbox(workers: int) -> int:
+    """Each sandbox's share of the cores: torch with more threads than cores runs several times slower."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def submissions(labs_dir: Path) -> list[tuple[str, str, Path]]:
     """(student, lab, notebook path) of every submitted/<student>/<lab>/ folder of a known lab."""
     labs = set(lab_ids(labs_dir))
@@ -119,7 +124,8 @@ def lab_context(labs_dir: Path, lab: str, hidden: list[Path]) -> LabContext:
     release_nb = nbformat.read(str(labs_dir / "release" / lab / f"{lab}.ipynb"), as_version=4)
     checks = load_checks(labs_dir, lab)
     inputs = {gid: check.inputs() for gid, check in checks.items()}
-    return LabContext(labs_dir, lab, release_nb, checks, inputs, cell_timeout_function(labs_dir), hidden)
+    return LabContext(labs_dir, lab, release_nb, checks, inputs, cell_timeout_function(labs_dir), hidden,
+                      threads_per_sandbox(grading_workers()))
 
 
 def autograde(labs_dir: Path) -> list[Result]:
