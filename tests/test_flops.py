@@ -120,3 +120,34 @@ def test_forward_flops_context_terms_default_to_zero():
     assert flops.forward_flops_per_token(n, n_layer=32, d_model=4096) == 2 * n  # no context
     assert flops.forward_flops_per_token(n, n_layer=32, n_ctx=2048) == 2 * n  # no width
     assert flops.forward_flops_per_token(n, 32, 2048, 4096) == 2 * n + 2 * 32 * 2048 * 4096
+
+
+def test_plot_draws_each_column_of_the_rows_under_its_formula():
+    """Chapter 6's figure: one curve per column of context_length_rows, on the rows' T, the
+    legend naming each curve by its formula; measurements as points, the three formulas as lines
+    told apart by their dash pattern (readable in black and white), on a log y axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = flops.context_length_rows(tiny_llama(), [4, 16, 64])
+    fig = flops.plot_flops_per_token(rows)
+    try:
+        (ax,) = fig.axes
+        named = {"measured": "FlopCounterMode", "exact": "2N + 4·L·T·d", "kaplan": "2N + 2·L·T·d", "guide": "2·T²·d"}
+        lines = {}
+        for column, formula in named.items():
+            (lines[column],) = [line for line in ax.get_lines() if formula in line.get_label()]
+            assert list(lines[column].get_xdata()) == [r["T"] for r in rows], column
+            assert list(lines[column].get_ydata()) == [r[column] for r in rows], column
+        assert len(ax.get_lines()) == len(named)
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == [line.get_label() for line in ax.get_lines()]
+        assert lines["measured"].get_linestyle() == "None" and lines["measured"].get_marker() != "None"
+        formulas = [lines[column] for column in ("exact", "kaplan", "guide")]
+        assert all(line.get_marker() == "None" for line in formulas)
+        assert len({line.get_linestyle() for line in formulas} - {"None"}) == 3
+        assert ax.get_yscale() == "log"
+        assert "T" in ax.get_xlabel().split() and ax.get_ylabel() and ax.get_title()
+    finally:
+        plt.close(fig)
