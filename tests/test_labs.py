@@ -55,7 +55,7 @@ PARTIAL = {
     "01_quantification_blocs": Breakage("q2_code", LOOP_FOREVER, ("q2_tests",), "q4_code", "q4_tests"),
     "02_nf4_double_quant": Breakage("q3_code", RAISES, ("q3_tests",), "q4_code", "q4_tests"),
     "03_flops_memoire": Breakage("q2_code", RAISES, ("q2_tests",), "q4_code", "q4_tests"),
-    "04_finetuning_qlora": Breakage("q4_entrainement", RAISES, ("q4_tests",), "q2_code", "q2_tests"),
+    "04_finetuning_qlora": Breakage("q4_entrainement", RAISES, ("q4_tests", "q4_competence"), "q2_code", "q2_tests"),
 }
 
 
@@ -369,3 +369,36 @@ def test_hide_hidden_tests_keeps_visible_tests_and_the_error_message():
     cell, _ = grading.HideHiddenTests().preprocess_cell(cell, {}, 0)
     assert cell.source == "assert f(1) == 2"
     assert cell.outputs[0].traceback == ["AssertionError: f(3)"]
+
+
+# ------------------------------------------------- lab 04: graded by running the model's code
+
+
+def untrained_adapter_answers() -> dict:
+    """What a kernel that never trained would hand in: the fresh adapters `finetune` attaches (B = 0)."""
+    from qlora_lab.finetune.adapters import attach_lora
+    from qlora_lab.finetune.config import FinetuneConfig
+    from qlora_lab.model.models import load_model
+
+    model, _ = load_model(quantization="nf4", double_quant=True)
+    model = attach_lora(model, FinetuneConfig.for_data("functions"))
+    return {name: {"dtype": "torch.float32", "shape": list(p.shape), "values": p.detach().float().tolist()}
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lab04_grader_measures_pass_at_1_itself(monkeypatch):
+    """Untrained adapters cannot pass the skill check, and a pass@1 the weights do not give is caught."""
+    checks = load_checks(LABS_DIR, "04_finetuning_qlora")
+    grader_globals = checks["q4_tests"].verify.__globals__
+    monkeypatch.setitem(grader_globals, "PROBLEMS", 8)  # 8 problems instead of 40: the same code path, faster
+    lora = untrained_adapter_answers()
+    with pytest.raises(AssertionError, match="pass@1 on problems never seen"):
+        checks["q4_competence"].verify(None, {"lora": lora})
+    # the base model passes ~0 of the problems: reporting 5 of 8 is a false report
+    with pytest.raises(AssertionError, match="base model: 5 reported"):
+        checks["q4_tests"].verify(None, {"avant": [5, 8], "apres": [7, 8], "lora": lora})
+    with pytest.raises(AssertionError, match="scored on the notebook's 8 problems"):
+        checks["q4_tests"].verify(None, {"avant": [0, 40], "apres": [7, 8], "lora": lora})
+    wrong_names = {name.replace("lora_A", "lora_X"): value for name, value in lora.items()}
+    with pytest.raises(AssertionError, match="only the LoRA adapters"):
+        checks["q4_competence"].verify(None, {"lora": wrong_names})
