@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from qlora_lab.course.functions_study import mean_and_spread, mode_summary, paired_ratio, sweep_rows
+from qlora_lab.course.functions_study import (mean_and_spread, mode_summary, paired_ratio, selection_by_criterion,
+                                              sweep_rows)
 
 
 def run(mode, seed, lr, pass_at_1, val_loss, s_per_step=1.0):
@@ -52,3 +53,10 @@ def test_sweep_rows_are_the_first_seed_with_the_kept_rate_marked():
     rows = sweep_rows(STUDY)
     assert [(r["mode"], r["learning_rate"], r["kept"]) for r in rows] == [
         ("LoRA bf16", 3e-3, True), ("QLoRA", 1e-3, False), ("QLoRA", 3e-3, True)]
+
+
+def test_selection_by_criterion_names_where_loss_and_pass_at_1_disagree():
+    rows = selection_by_criterion(STUDY)
+    # only QLoRA has two rates at seed 0: loss picks 3e-3 (1.1 < 1.5), pass@1 picks 1e-3 (0.9 > 0.6)
+    assert rows == [{"mode": "QLoRA", "rates": 2, "by_loss": 3e-3, "pass_by_loss": 0.6, "by_pass": 1e-3,
+                     "pass_by_pass": 0.9, "agree": False}]

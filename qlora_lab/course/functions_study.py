@@ -82,3 +82,24 @@ def sweep_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
              "pass_at_1": r["pass_at_1"], "kept": kept.get(r["mode"]) == r["learning_rate"]}
             for r in study["runs"] if r["seed"] == seed]
     return sorted(rows, key=lambda r: (list(MODE_NAMES.values()).index(r["mode"]), r["learning_rate"]))
+
+
+def selection_by_criterion(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per mode, the sweep's best rate by validation loss (the study's rule) and by pass@1.
+
+    The two criteria need not agree: the loss scores every token of the reference body,
+    pass@1 only whether the function passes its tests. Choosing on pass@1 would use the
+    held-out problems to tune, so the study keeps the loss; this shows what that costs.
+    """
+    seed = min(r["seed"] for r in study["runs"])
+    rows = []
+    for mode, name in MODE_NAMES.items():
+        runs = [r for r in study["runs"] if r["mode"] == mode and r["seed"] == seed]
+        if len(runs) < 2:
+            continue
+        by_loss = min(runs, key=lambda r: r["val_loss"])
+        by_pass = max(runs, key=lambda r: (r["pass_at_1"], -r["val_loss"]))
+        rows.append({"mode": name, "rates": len(runs), "by_loss": by_loss["learning_rate"],
+                     "pass_by_loss": by_loss["pass_at_1"], "by_pass": by_pass["learning_rate"],
+                     "pass_by_pass": by_pass["pass_at_1"], "agree": by_loss is by_pass})
+    return rows
