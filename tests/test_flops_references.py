@@ -96,6 +96,31 @@ def test_resnet50_counts_by_hand():
     assert result["per_op"] == {"convolution": 2 * (macs - 2048 * 1000), "addmm": 2 * 2048 * 1000}
 
 
+def test_resnet50_has_the_layers_of_transformers_resnet50():
+    """transformers' ResNet (microsoft/resnet-50's architecture, v1.5, default ResNetConfig) as the
+    outside reference: the same convolutions, batch norms, max-pool and classifier, each with the
+    same kernel, stride, padding and bias (compared as multisets: the two register the projection
+    shortcut and the body in a different order). The pooling's output size is written differently."""
+    from collections import Counter
+
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.MaxPool2d, torch.nn.Linear)
+    with torch.device("meta"):
+        reference, ours = ResNetForImageClassification(ResNetConfig(num_labels=1000)), flops.resnet50()
+    layers = [Counter(repr(m) for m in model.modules() if isinstance(m, kinds)) for model in (reference, ours)]
+    assert layers[0] == layers[1] and sum(layers[1].values()) == 53 + 53 + 1 + 1  # 53 convs, 53 norms
+
+
+def test_a_bottleneck_without_a_stride_keeps_the_image_and_the_identity_shortcut():
+    """He et al. §3.3: every block after a stage's first keeps the size and adds its input unchanged."""
+    block = flops.Bottleneck(16, 4).eval()
+    x = torch.randn(1, 16, 5, 5)
+    assert isinstance(block.shortcut, torch.nn.Identity)
+    with torch.no_grad():
+        assert block(x).shape == x.shape
+
+
 @pytest.mark.parametrize("in_ch, width, stride", [(8, 2, 1), (8, 4, 2), (8, 4, 1)])
 def test_bottleneck_computes_he_et_al_figure_5(in_ch, width, stride):
     """relu(bn(conv1x1(relu(bn(conv3x3(relu(bn(conv1x1 x))))))) + shortcut(x)), written with torch's functions."""
@@ -155,10 +180,33 @@ def test_time_matmul_defaults_to_a_square_product_on_the_default_device():
 
 
 @pytest.mark.parametrize("bad, match", [(dict(m=0), "m=0"), (dict(m=2, k=0), "k=0"), (dict(m=2, n=-1), "n=-1"),
+                                        (dict(m=2, n=0), "n=0"),
                                         (dict(m=2, repeats=0), "repeats must be >= 1, got 0")])
 def test_time_matmul_names_the_bad_size(bad, match):
     with pytest.raises(ValueError, match=match):
         flops.time_matmul(**bad, device="cpu")
+
+
+def test_time_matmul_multiplies_the_requested_matrices_on_the_requested_device():
+    """A torch function mode sees every product time_matmul runs, the warm-up and each repeat:
+    (m×k)·(k×n), both operands on the requested device. The meta device exists on every machine
+    and is never the default one, so an operand made on the default device shows."""
+    from torch.overrides import TorchFunctionMode
+
+    class Products(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("matmul", "__matmul__"):
+                self.seen.append([(tuple(t.shape), t.device.type) for t in args])
+            return func(*args, **(kwargs or {}))
+
+    with Products() as products:
+        timing = flops.time_matmul(4, 3, 2, device="meta", repeats=3)
+    assert products.seen == [[((4, 3), "meta"), ((3, 2), "meta")]] * (3 + 1)
+    assert timing.device == "meta"
 
 
 def test_size_one_matrices_are_allowed():

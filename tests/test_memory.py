@@ -89,10 +89,13 @@ def test_activation_formula_matches_saved_tensors(seq_len, hidden, layers, atten
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.parametrize("vocab, checkpointing", [(4000, True), (4000, False), (256, True)])
-def test_activation_peak_matches_tensor_accounting(vocab, checkpointing):
+@pytest.mark.parametrize("vocab, checkpointing, attention",
+                         [(4000, True, "sdpa"), (4000, False, "sdpa"), (256, True, "sdpa"), (256, False, "eager")])
+def test_activation_peak_matches_tensor_accounting(vocab, checkpointing, attention):
     """The peak of a LoRA step, measured tensor by tensor: the loss's fp32 copies (vocab 4000),
-    or one recomputed layer (vocab 256, where the loss is smaller) on top of the layer inputs."""
+    or one recomputed layer (vocab 256, where the loss is smaller) on top of the layer inputs;
+    eager attention's (b, a, s, s) scores with a small vocabulary, where they are a third of the
+    peak. Checkpointing is left at the estimator's default when off (off, as in transformers)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from qlora_lab.finetune.adapters import attach_lora
@@ -102,11 +105,13 @@ def test_activation_peak_matches_tensor_accounting(vocab, checkpointing):
     config = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=4)
     torch.manual_seed(0)
-    model = attach_lora(LlamaForCausalLM(config).to(torch.bfloat16),
-                        FinetuneConfig(mode="lora", gradient_checkpointing=checkpointing, lora_dropout=0.0))
+    base = LlamaForCausalLM(config).to(torch.bfloat16)
+    base.set_attn_implementation(attention)
+    model = attach_lora(base, FinetuneConfig(mode="lora", gradient_checkpointing=checkpointing, lora_dropout=0.0))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     measured = step_memory(model, optimizer, torch.randint(0, vocab, (1, 128))).peak["activations"]
-    estimated = memory.activation_peak_bytes(ModelShape.from_config(config), 128, gradient_checkpointing=checkpointing)
+    options = {"gradient_checkpointing": True} if checkpointing else {}
+    estimated = memory.activation_peak_bytes(ModelShape.from_config(config), 128, attention=attention, **options)
     assert estimated == pytest.approx(measured, rel=0.10)
 
 
@@ -482,6 +487,30 @@ def test_with_checkpointing_one_more_layer_keeps_only_its_bf16_input():
     """Checkpointed, a layer keeps its input alone: 2 bytes · s·b·h, measured exactly (48·2·128·2 = 24 576)."""
     (measured_1, estimated_1), (measured_2, estimated_2) = (_saved_and_estimated(n, "sdpa", True) for n in (1, 2))
     assert measured_2 - measured_1 == 2 * 48 * 2 * 128 == estimated_2 - estimated_1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_checkpointed_estimate_is_what_the_forward_keeps_plus_one_recomputed_layer(attention):
+    """Checkpointed, activation_bytes is what the forward keeps (the layer inputs and the head,
+    measured on a checkpointed 1-layer model) plus the saved tensors of the one layer recomputed
+    during the backward (measured as a 2-layer minus a 1-layer model without checkpointing)."""
+    kept, estimated = _saved_and_estimated(1, attention, True)
+    (one, _), (two, _) = (_saved_and_estimated(n, attention, False) for n in (1, 2))
+    assert estimated == pytest.approx(kept + (two - one), rel=0.01)
+
+
+@pytest.mark.parametrize("method", memory.METHODS)
+def test_with_sdpa_training_memory_depends_on_the_tokens_not_on_how_they_are_batched(method):
+    """With SDPA every activation the estimator counts is a (b, s, ·) tensor: 512 tokens cost
+    the same in one sequence (the default batch), in 2 x 256 or in 8 x 64, QLoRA's fp32
+    residual stream included. Only eager attention's (b, a, s, s) scores grow with s itself."""
+    shape = CODELLAMA["7B"]
+    one_sequence = memory.training_memory(shape, method, seq_len=512)
+    for seq_len, batch in ((256, 2), (64, 8)):
+        assert memory.training_memory(shape, method, seq_len=seq_len, batch=batch) == one_sequence
+    assert memory.fp32_embedding_activation_bytes(shape, 512) == memory.fp32_embedding_activation_bytes(shape, 64, 8)
+    eager = [memory.activation_bytes(shape, s, b, attention="eager") for s, b in ((512, 1), (64, 8))]
+    assert eager[0] > eager[1]
 
 
 def test_one_more_layer_adds_the_measured_bytes_of_a_layer():
