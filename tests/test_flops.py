@@ -80,6 +80,17 @@ def test_resnet50_is_4_1_gmacs():
     assert result["flops"] == 2 * result["macs"]
 
 
+@pytest.mark.parametrize("count", [flops.decoder_forward_flops, flops.decoder_training_flops])
+def test_counts_feed_the_token_ids_on_the_model_device(count):
+    """On the meta device (on every machine, never the default one): the ids a count feeds the
+    model are made where its weights are, as a CUDA model needs; CPU-made ids would show here."""
+    model = tiny_llama().to("meta")
+    seen = []
+    model.get_input_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0].device.type))
+    count(model, 8)
+    assert seen == ["meta"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_time_matmul_reports_a_rate(dtype):
     timing = flops.time_matmul(64, dtype=dtype, device="cpu", repeats=3)
@@ -124,25 +135,31 @@ def test_forward_flops_context_terms_default_to_zero():
 
 def test_plot_draws_each_column_of_the_rows_under_its_formula():
     """Chapter 6's figure: one curve per column of context_length_rows, on the rows' T, the
-    legend naming each curve by its formula; measurements as points, the three formulas as lines
+    legend naming each curve by its formula, no warning printed; measurements as points, the formulas as lines
     told apart by their dash pattern (readable in black and white), on a log y axis."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = flops.context_length_rows(tiny_llama(), [4, 16, 64])
-    fig = flops.plot_flops_per_token(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed under the chapter's figure
+        fig = flops.plot_flops_per_token(rows)
     try:
         (ax,) = fig.axes
-        named = {"measured": "FlopCounterMode", "exact": "2N + 4·L·T·d", "kaplan": "2N + 2·L·T·d", "guide": "2·T²·d"}
+        named = {"measured": "FlopCounterMode", "exact": "2N + 4·L·T·d", "kaplan": "2N + 2·L·T·d",
+                 "guide": "2·T²·d"}
         lines = {}
         for column, formula in named.items():
             (lines[column],) = [line for line in ax.get_lines() if formula in line.get_label()]
             assert list(lines[column].get_xdata()) == [r["T"] for r in rows], column
             assert list(lines[column].get_ydata()) == [r[column] for r in rows], column
         assert len(ax.get_lines()) == len(named)
-        assert [text.get_text() for text in ax.get_legend().get_texts()] == [line.get_label() for line in ax.get_lines()]
+        legend = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert legend == [line.get_label() for line in ax.get_lines()]
         assert lines["measured"].get_linestyle() == "None" and lines["measured"].get_marker() != "None"
         formulas = [lines[column] for column in ("exact", "kaplan", "guide")]
         assert all(line.get_marker() == "None" for line in formulas)

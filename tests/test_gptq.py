@@ -122,3 +122,81 @@ def test_bad_arguments():
         gptq_quantize(torch.zeros(2, 4), torch.zeros(3, 4), group_size=0)
     with pytest.raises(ValueError, match="2-D"):
         rtn_quantize(torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_with_uncorrelated_inputs_gptq_is_round_to_nearest(dtype):
+    """Inputs whose features never co-vary give a diagonal H, so H^-1 and its Cholesky factor are
+    diagonal: OBQ's update -err/[H^-1]_qq · [H^-1]_{:,q} moves no other weight, and GPTQ is RTN on
+    the same grid. Both functions at their defaults (the same bits and groups, as rtn_quantize's
+    docstring promises), on 130 columns: two groups of 64 and a partial one; dtype kept."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 130, generator=gen, dtype=torch.float64).to(dtype)
+    x = torch.diag(torch.rand(130, generator=gen, dtype=torch.float64) + 0.5)  # XᵀX diagonal
+    gptq, rtn = gptq_quantize(weight, x), rtn_quantize(weight)
+    assert gptq.dtype == rtn.dtype == dtype
+    if dtype == torch.float32:  # RTN rounds in float32, GPTQ in float64: at most one float32 rounding apart
+        torch.testing.assert_close(gptq, rtn, rtol=2.5e-7, atol=0)
+    else:  # float64: the same arithmetic; bfloat16: both land on the same bfloat16 values
+        assert torch.equal(gptq, rtn)
+
+
+def test_calibration_inputs_of_any_leading_shape_are_flattened_into_samples():
+    """(batch, seq, features) inputs, seq != features, are the batch·seq samples of the 2-D case."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, 32, generator=gen, dtype=torch.float64)
+    x = correlated_inputs(96, 32, seed=1).to(torch.float64)
+    flat = gptq_quantize(weight, x, bits=3, group_size=16)
+    assert torch.equal(gptq_quantize(weight, x.reshape(2, 48, 32), bits=3, group_size=16), flat)
+    assert output_error(weight, flat, x.reshape(2, 48, 32)) == pytest.approx(output_error(weight, flat, x), rel=1e-12)
+    with pytest.raises(ValueError, match="have 5 features, the weight has 32 input columns"):
+        gptq_quantize(weight, torch.zeros(2, 3, 5))
+
+
+def test_dampening_is_the_one_asked_for():
+    """damp=0.1 (ten times GPTQ's 1 %) against the textbook update with the same dampening."""
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(6, 48, generator=gen, dtype=torch.float64)
+    x = correlated_inputs(128, 48, seed=2).to(torch.float64)
+    damped = gptq_quantize(weight, x, bits=3, group_size=16, damp=0.1)
+    assert torch.allclose(damped, textbook_gptq(weight, x, 3, 16, damp=0.1), atol=1e-9, rtol=0)
+    assert not torch.allclose(damped, textbook_gptq(weight, x, 3, 16, damp=0.01), atol=1e-9, rtol=0)
+
+
+def test_output_error_by_hand():
+    """X = [[2, 0], [0, 1]], W = [[1, 1]], Ŵ = [[0.5, 1]]: XWᵀ = (2, 1), XŴᵀ = (1, 1), error 1/√5."""
+    x, w, w_hat = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.5, 1.0]])
+    assert output_error(w, w_hat, x) == pytest.approx(1 / 5**0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("row, bits, scale, zero", [
+    ([0.0, 15.0], 4, 1.0, 0.0),  # 2**4 = 16 levels over [0, 15]: 15 steps of 1
+    ([-0.5, 0.25], 2, 0.25, 2.0),  # a max below 1: [-0.5, 0.25] in 3 steps of 0.25, 0 at q = 2
+    ([-3.0, -1.5], 2, 1.0, 3.0),  # all negative: the range is widened up to 0, [-3, 0]
+    ([0.0, 0.0], 2, 2 / 3, 2.0),  # all zero: [-1, 1], zero = round(1.5) = 2 (half to even)
+])
+def test_grid_of_special_rows_by_hand(row, bits, scale, zero):
+    got_scale, got_zero = group_grid(torch.tensor([row]), bits)
+    assert got_scale.item() == pytest.approx(scale, rel=1e-6) and got_zero.item() == zero
+    assert torch.isfinite(quantize_on_grid(torch.tensor([row]), got_scale, got_zero, bits)).all()
+
+
+def test_values_beyond_the_grid_land_on_its_ends():
+    """Scale 1, zero 1, 2 bits: levels -1, 0, 1, 2. GPTQ's updates push later columns of a group past
+    the grid fixed at its first column; they must land on the nearest end, not on a level that is not there."""
+    one = torch.tensor([[1.0]])
+    assert quantize_on_grid(torch.tensor([[-5.0, -1.4, 0.4, 1.6, 9.0]]), one, one, 2).tolist() == [[-1, -1, 0, 2, 2]]
+
+
+def test_bits_and_group_size_limits_are_inclusive():
+    """bits in [2, 8] with both ends allowed, as the message says; groups of one weight allowed, and then
+    every weight is an end of its own range [min(w, 0), max(w, 0)]: reproduced (to rounding)."""
+    gen = torch.Generator().manual_seed(3)
+    weight, x = torch.randn(4, 16, generator=gen), correlated_inputs(64, 16, seed=3)
+    errors = {bits: output_error(weight, gptq_quantize(weight, x, bits=bits, group_size=8), x) for bits in (2, 8)}
+    assert errors[8] < errors[2]
+    for bits in (1, 9):
+        with pytest.raises(ValueError, match=rf"bits={bits} must be in \[2, 8\]"):
+            rtn_quantize(weight, bits=bits)
+    torch.testing.assert_close(rtn_quantize(weight, group_size=1), weight)
+    torch.testing.assert_close(gptq_quantize(weight, x, group_size=1), weight)
