@@ -7,9 +7,10 @@ Reads mutants/**/*.py.meta (mutmut 3's exit codes per mutant) and writes
 benchmarks/results/mutation_report.{md,json}. A module with no verdict in mutants/ (not run in
 this session) keeps its counts from the previous report, marked with that report's date. A
 module run on a random sample (benchmarks/mutation_sample.py) says so, with its seed and size. A surviving mutant is either listed in
-EQUIVALENT below, with why no test can tell it from the original, or shown as a gap to close.
-Score = killed / (killed + surviving non-equivalent); mutants in functions that no selected
-test reaches ("no tests") and unchecked ones are counted apart, never as killed.
+EQUIVALENT below, with why no test can tell it from the original, or in OUT_OF_SCOPE, with why
+it changes presentation only (a figure's size or wording, not a number the course teaches), or
+shown as a gap to close. Score = killed / (killed + gaps); mutants in functions that no selected
+test reaches ("no tests"), unchecked and out-of-scope ones are counted apart, never as killed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ EQUIVALENT: dict[str, str] = {}
 EQUIVALENT_FILE = ROOT / "benchmarks" / "mutation_equivalent.json"
 if EQUIVALENT_FILE.exists():
     EQUIVALENT = json.loads(EQUIVALENT_FILE.read_text())
+# Survivors that change only how a result is shown (figure size, line width, label wording), with the reason.
+OUT_OF_SCOPE_FILE = ROOT / "benchmarks" / "mutation_out_of_scope.json"
+OUT_OF_SCOPE: dict[str, str] = json.loads(OUT_OF_SCOPE_FILE.read_text()) if OUT_OF_SCOPE_FILE.exists() else {}
 
 
 def mutant_diff(name: str) -> str:
@@ -58,13 +62,16 @@ def previous_report() -> dict:
 def carried_over(entry: dict, date: str) -> dict:
     """A module's previous counts, its survivors re-split with today's EQUIVALENT list."""
     entry = dict(entry, carried_over_from=entry.get("carried_over_from", date))
-    survivors = sorted(entry["surviving_gaps"] + list(entry["equivalent_mutants"]))
+    survivors = sorted(entry["surviving_gaps"] + list(entry["equivalent_mutants"])
+                       + list(entry.get("out_of_scope_mutants", {})))
     equivalent = [n for n in survivors if n in EQUIVALENT]
-    gaps = [n for n in survivors if n not in EQUIVALENT]
+    out_of_scope = [n for n in survivors if n in OUT_OF_SCOPE and n not in EQUIVALENT]
+    gaps = [n for n in survivors if n not in EQUIVALENT and n not in OUT_OF_SCOPE]
     considered = entry["killed"] + len(gaps)
     entry.update(equivalent=len(equivalent), not_killed_non_equivalent=len(gaps), surviving_gaps=gaps,
                  of_which_cuda_only=sum("tests/test_gpu.py" in EQUIVALENT[n] for n in equivalent),
                  equivalent_mutants={n: EQUIVALENT[n] for n in equivalent},
+                 out_of_scope=len(out_of_scope), out_of_scope_mutants={n: OUT_OF_SCOPE[n] for n in out_of_scope},
                  score=round(entry["killed"] / considered, 4) if considered else None)
     return entry
 
@@ -78,7 +85,7 @@ def rerun_survivors(entry: dict, codes: dict, previous_diffs: dict[str, str]) ->
     """
     checked = {name: code for name, code in codes.items() if code is not None}
     by_diff = {mutant_diff(name): name for name in checked}
-    survivors = entry["surviving_gaps"] + list(entry["equivalent_mutants"])
+    survivors = entry["surviving_gaps"] + list(entry["equivalent_mutants"]) + list(entry.get("out_of_scope_mutants", {}))
     matched = {old: by_diff.get(previous_diffs.get(old, "")) for old in survivors}
     extra = sorted(set(checked) - set(matched.values()))  # rerun today, not an earlier survivor
     if not any(matched.values()):
@@ -86,7 +93,7 @@ def rerun_survivors(entry: dict, codes: dict, previous_diffs: dict[str, str]) ->
     killed = [old for old, new in matched.items() if new and STATUS.get(checked[new]) != "survived"]
     still = sorted((new or old) for old, new in matched.items() if old not in killed)
     entry = dict(entry, killed=entry["killed"] + len(killed), survived=len(still), surviving_gaps=still,
-                 equivalent_mutants={}, survivors_rerun=len([n for n in matched.values() if n]),
+                 equivalent_mutants={}, out_of_scope_mutants={}, survivors_rerun=len([n for n in matched.values() if n]),
                  survivors_killed_now=len(killed), rerun_names=sorted(checked),
                  extra_rerun={name: STATUS.get(checked[name], "suspicious")
                               + (" (equivalent: see benchmarks/mutation_equivalent.json)" if name in EQUIVALENT else "")
@@ -104,8 +111,14 @@ def collect(previous: dict) -> dict[str, dict]:
         if not any(c is not None for c in codes.values()) and before.get("run"):
             modules[relative] = carried_over(before, previous["date"])
             continue
+        complete = all(c is not None for c in codes.values())  # every mutant run: counts of today
+        checked = {name for name, code in codes.items() if code is not None}
+        if before.get("carried_over_from") and not complete and checked <= set(before.get("rerun_names", [])):
+            modules[relative] = dict(carried_over(before, previous["date"]),  # only reruns an earlier report counted
+                                     reruns_counted_on=before.get("reruns_counted_on", previous["date"]))
+            continue
         rerun = (rerun_survivors(before, codes, previous["diffs"])
-                 if before.get("carried_over_from") else None)
+                 if before.get("carried_over_from") and not complete else None)
         if rerun is not None:
             modules[relative] = carried_over(rerun, previous["date"])
             continue
@@ -117,21 +130,23 @@ def collect(previous: dict) -> dict[str, dict]:
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         equivalent = [n for n in survivors if n in EQUIVALENT]
         device_only = [n for n in equivalent if "tests/test_gpu.py" in EQUIVALENT[n]]
-        gaps = [n for n in survivors if n not in EQUIVALENT]
+        out_of_scope = [n for n in survivors if n in OUT_OF_SCOPE and n not in EQUIVALENT]
+        gaps = [n for n in survivors if n not in EQUIVALENT and n not in OUT_OF_SCOPE]
         killed = counts["killed"] + counts["timeout"] + counts["segfault"]  # a crash is detected too
         considered = killed + len(gaps)
         modules[relative] = {
             "total": len(codes), "run": True, "killed": killed, "survived": len(survivors),
             "equivalent": len(equivalent), "of_which_cuda_only": len(device_only),
-            "not_killed_non_equivalent": len(gaps),
+            "not_killed_non_equivalent": len(gaps), "out_of_scope": len(out_of_scope),
             "no_tests": counts["no tests"], "not_checked": counts["not checked"],
             "score": round(killed / considered, 4) if considered else None,
             "equivalent_mutants": {n: EQUIVALENT[n] for n in equivalent},
             "surviving_gaps": gaps,
+            "out_of_scope_mutants": {n: OUT_OF_SCOPE[n] for n in out_of_scope},
             "no_test_functions": sorted(Counter(n.rsplit("__mutmut_", 1)[0] for n, s in statuses.items()
                                                 if s == "no tests").items()),
         }
-        if relative in samples:
+        if relative in samples and not complete:  # a sample, then the rest: no longer an estimate
             modules[relative]["sample"] = {k: v for k, v in samples[relative].items() if k != "names"}
     return modules
 
@@ -144,22 +159,26 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str], session_notes: lis
              "Score = killed / (killed + surviving non-equivalent mutants). *No tests*: mutants in functions that "
              "no selected fast test calls (plotting helpers); *not checked*: not run in this session. "
              "*Equivalent* includes *CUDA-only* mutants: the same on a CPU, caught by tests/test_gpu.py on a GPU "
-             "(not run here: no GPU).", "",
+             "(not run here: no GPU). *Out of scope*: survivors that change only how a result is shown (a "
+             "figure's size, line width, grid or label wording), listed with the reason in "
+             "benchmarks/mutation_out_of_scope.json, outside the score like *no tests*.", "",
              *notes(modules, session_notes),
-             "| module | mutants | killed | survived | equivalent (CUDA-only) | gaps | no tests | not checked | score |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| module | mutants | killed | survived | equivalent (CUDA-only) | out of scope | gaps | no tests "
+             "| not checked | score |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for relative, m in modules.items():
         if not m["run"]:
-            lines.append(f"| {relative} | – | – | – | – | – | – | – | not run |")
+            lines.append(f"| {relative} | – | – | – | – | – | – | – | – | not run |")
             continue
         score = "–" if m["score"] is None else f"{100 * m['score']:.1f} %"
         label = (relative + (" (earlier run)" if m.get("carried_over_from") else "")
                  + (" (sample)" if m.get("sample") else ""))
         lines.append(f"| {label} | {m['total']} | {m['killed']} | {m['survived']} | "
-                     f"{m['equivalent']} ({m['of_which_cuda_only']}) | "
+                     f"{m['equivalent']} ({m['of_which_cuda_only']}) | {m.get('out_of_scope', 0)} | "
                      f"{m['not_killed_non_equivalent']} | {m['no_tests']} | {m['not_checked']} | {score} |")
     for relative, m in modules.items():
-        if not m.get("run") or not (m["equivalent_mutants"] or m["surviving_gaps"] or m["no_test_functions"]):
+        if not m.get("run") or not (m["equivalent_mutants"] or m["surviving_gaps"] or m["no_test_functions"]
+                                    or m.get("out_of_scope_mutants")):
             continue
         lines += ["", f"## {relative}"]
         if m["surviving_gaps"]:
@@ -169,6 +188,10 @@ def markdown(modules: dict[str, dict], diffs: dict[str, str], session_notes: lis
         if m["equivalent_mutants"]:
             lines += ["", "Surviving and equivalent:", ""]
             for name, why in m["equivalent_mutants"].items():
+                lines += [f"- `{name}`: {why}", "", "  ```diff", *("  " + d for d in diffs[name].splitlines()), "  ```"]
+        if m.get("out_of_scope_mutants"):
+            lines += ["", "Surviving, out of scope (presentation only, see benchmarks/mutation_out_of_scope.json):", ""]
+            for name, why in m["out_of_scope_mutants"].items():
                 lines += [f"- `{name}`: {why}", "", "  ```diff", *("  " + d for d in diffs[name].splitlines()), "  ```"]
         if m["no_test_functions"]:
             lines += ["", "Functions no selected test reaches: " +
@@ -192,13 +215,16 @@ def notes(modules: dict[str, dict], session_notes: list[str]) -> list[str]:
     for relative, m in modules.items():
         if m.get("carried_over_from"):
             changed = source_changes_since(relative, m["carried_over_from"])
-            rerun = (f"; only its {m['survivors_rerun']} survivors of that run were rerun in this session (matched "
+            session = (f"in the session of the report of {m['reruns_counted_on']}" if m.get("reruns_counted_on")
+                       else "in this session")
+            rerun = (f"; only its {m['survivors_rerun']} survivors of that run were rerun {session} (matched "
                      f"to today's mutants by their diff), {m['survivors_killed_now']} of them now killed"
                      if m.get("survivors_rerun") else "")
             if m.get("extra_rerun"):
-                rerun += ("; also run, outside these counts (other mutants of today's source run in this session): "
+                rerun += (f"; also run, outside these counts (other mutants of today's source run {session}): "
                           + ", ".join(f"`{n.rsplit('.', 1)[-1]}` {v}" for n, v in m["extra_rerun"].items()))
-            lines.append(f"- {relative}: {'partly' if rerun else 'not'} rerun in this session; counts from the run "
+            lines.append(f"- {relative}: {'partly rerun ' + session if rerun else 'not rerun in this session'}; "
+                         f"counts from the run "
                          f"of {m['carried_over_from']}{rerun} "
                          "(survivors re-split with today's list of equivalent mutants)"
                          + (f"; its source changed since ({changed}): new or changed code there is not covered by "
@@ -228,7 +254,8 @@ def main() -> None:
     session_notes = parser.parse_args().note
     previous = previous_report()
     modules = collect(previous)
-    names = [n for m in modules.values() if m.get("run") for n in m["surviving_gaps"] + list(m["equivalent_mutants"])]
+    names = [n for m in modules.values() if m.get("run")
+             for n in m["surviving_gaps"] + list(m["equivalent_mutants"]) + list(m.get("out_of_scope_mutants", {}))]
     carried = tuple("qlora_lab." + r.removesuffix(".py").replace("/", ".") + "."
                     for r, m in modules.items() if m.get("carried_over_from"))
     # a carried-over module's mutants may not match today's source: keep the diffs shown then

@@ -542,3 +542,10 @@ def test_the_head_alone_saves_fp32_logits_and_three_copies_of_the_last_hidden_st
     estimated = memory.activation_bytes(ModelShape.from_config(config), seq_len, batch)
     tokens = seq_len * batch
     assert measured == estimated + (8 + 8 + 4) * tokens + 4
+
+
+def test_as_gib_divides_each_item_by_2_to_the_30_and_adds_the_total():
+    """1 GiB = 2**30 bytes (IEC), two decimals for display; the total is the sum of the items."""
+    items = dict(weights=1.5 * 2**30, adapters=2**30, gradients=2**30, optimizer=2**30, activations=0.123456 * 2**30)
+    assert memory.TrainingMemory("lora", **items).as_gib() == {
+        "weights": 1.5, "adapters": 1.0, "gradients": 1.0, "optimizer": 1.0, "activations": 0.12, "total": 4.62}
